@@ -1,0 +1,76 @@
+"""Test helpers: write workspaces the way users do, run the CLI in-process."""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+from collections.abc import Iterable
+from pathlib import Path
+
+import attrs
+
+from reconciler.cli import main
+
+
+def write_csv(path: Path, ids: Iterable[str], *, gz: bool = False) -> Path:
+    """An Amplitude cohort export: every field quoted, CRLF, amplitude_id first."""
+    lines = ['"amplitude_id","user_id"']
+    lines += [f'"{n}","{user_id}"' for n, user_id in enumerate(ids, start=1000)]
+    data = ("\r\n".join(lines) + "\r\n").encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if gz:
+        import gzip
+
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def emails(start: int, stop: int, domain: str = "example.com") -> list[str]:
+    return [f"user{i}@{domain}" for i in range(start, stop)]
+
+
+@attrs.define
+class Result:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> dict:
+        return json.loads(self.out)
+
+
+@attrs.define
+class Workspace:
+    """A workspace directory: specs/, cohorts, state/; runs the CLI inside it."""
+
+    root: Path
+    env: dict[str, str] = attrs.field(factory=dict)
+
+    @property
+    def specs(self) -> Path:
+        return self.root / "specs"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state"
+
+    def spec(self, text: str, name: str = "main.yaml") -> Path:
+        path = self.specs / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip())
+        return path
+
+    def cohort(self, name: str, ids: Iterable[str], *, gz: bool = False) -> Path:
+        return write_csv(self.specs / "cohorts" / name, ids, gz=gz)
+
+    def run(self, *argv: str, env: dict[str, str] | None = None) -> Result:
+        out, err = io.StringIO(), io.StringIO()
+        args = list(argv)
+        if args and args[0] not in ("schema",) and "--specs" not in args:
+            args += ["--specs", str(self.specs)]
+        if args and args[0] not in ("schema", "validate") and "--state" not in args:
+            args += ["--state", str(self.state)]
+        code = main(args, stdout=out, stderr=err, env={**self.env, **(env or {})})
+        return Result(code, out.getvalue(), err.getvalue())
