@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from reconciler.apply import ApplyResult, describe_rejected
 from reconciler.masking import mask
 from reconciler.plan import ListChange, Orphan, Plan
 
@@ -294,3 +295,77 @@ def render_plan(plan: Plan, fmt: str, *, show_ids: bool = False, color: bool = F
     if fmt == "markdown":
         return plan_markdown(plan, show_ids=show_ids)
     return plan_text(plan, show_ids=show_ids, color=color)
+
+
+# --- apply results -------------------------------------------------------------
+
+
+def _remaining_lines(result: ApplyResult) -> list[str]:
+    lines = []
+    for label, left in sorted(result.remaining.items()):
+        parts = []
+        if left.get("create"):
+            parts.append("create list")
+        if left.get("add"):
+            parts.append(f"{_n(left['add'], 'id')} to add")
+        if left.get("remove"):
+            parts.append(f"{_n(left['remove'], 'id')} to remove")
+        lines.append(f"  {label}: {', '.join(parts)} ({_n(left['requests'], 'request')})")
+    return lines
+
+
+def apply_text(result: ApplyResult, *, show_ids: bool = False) -> str:
+    """What an apply did, what Infobip rejected, what failed and what remains."""
+    done = (
+        f"{_n(result.creates, 'list')} created, {_n(result.adds, 'id')} added, "
+        f"{_n(result.removes, 'id')} removed in {_n(result.requests, 'request')}."
+    )
+    if result.ok:
+        lines = [f"Apply complete: {done}"]
+    elif result.interrupted:
+        lines = [f"Apply interrupted after the request in flight: {done}"]
+    else:
+        lines = [f"Apply failed: {done} What succeeded is saved in the state."]
+    if result.rejected:
+        lines.append(
+            "Rejected by Infobip (recorded; not re-sent until they leave and re-enter the "
+            "cohort, or with --retry-rejected):"
+        )
+        lines += [f"  {line}" for line in describe_rejected(result, show_ids=show_ids)]
+    if result.warnings:
+        lines.append("Warnings:")
+        lines += [f"  {warning}" for warning in result.warnings]
+    if result.failed:
+        lines.append("Failed:")
+        lines += [f"  {f.destination}/{f.list}: {f.message}" for f in result.failed]
+    if result.remaining or result.failed:
+        lines.append("Not applied yet (run 'reconciler apply' again to finish):")
+        lines += _remaining_lines(result) or ["  the failed lists above"]
+    return "\n".join(lines) + "\n"
+
+
+def apply_data(result: ApplyResult) -> dict[str, Any]:
+    """The apply result as the stable JSON object scripts read (format_version 1)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "applied": {
+            "creates": result.creates,
+            "adds": result.adds,
+            "removes": result.removes,
+            "requests": result.requests,
+        },
+        "rejected": dict(sorted(result.rejected.items())),
+        "failed": [
+            {"destination": f.destination, "list": f.list, "error": f.message}
+            for f in result.failed
+        ],
+        "remaining": [{"list": label, **left} for label, left in sorted(result.remaining.items())],
+        "warnings": list(result.warnings),
+        "interrupted": result.interrupted,
+    }
+
+
+def render_apply(result: ApplyResult, fmt: str, *, show_ids: bool = False) -> str:
+    if fmt == "json":
+        return json.dumps(apply_data(result), indent=2) + "\n"
+    return apply_text(result, show_ids=show_ids)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import http
+import io
 import json
 import logging
 import math
@@ -30,13 +31,13 @@ import os
 import random
 import re
 import socket
+import socketserver
 import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
@@ -524,7 +525,6 @@ class Sandbox:
     ) -> tuple[_Answer, RequestRecord]:
         kind, ref = _route(path.rstrip("/") or "/")
         list_id = int(ref) if ref is not None and ref.isdigit() and len(ref) < 19 else None
-        ids = 0
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -760,7 +760,7 @@ class _InProcessTransport(httpx.BaseTransport):
         environ: dict[str, Any] = {
             "wsgi.version": (1, 0),
             "wsgi.url_scheme": url.scheme,
-            "wsgi.input": _BytesReader(body),
+            "wsgi.input": io.BytesIO(body),
             "wsgi.errors": _NullWriter(),
             "wsgi.multithread": True,
             "wsgi.multiprocess": False,
@@ -799,16 +799,6 @@ class _InProcessTransport(httpx.BaseTransport):
         return httpx.Response(
             seen["status"], headers=seen["headers"], stream=httpx.ByteStream(content)
         )
-
-
-class _BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self._data, self._pos = data, 0
-
-    def read(self, size: int = -1) -> bytes:
-        end = len(self._data) if size < 0 else self._pos + size
-        chunk, self._pos = self._data[self._pos : end], min(end, len(self._data))
-        return chunk
 
 
 class _NullWriter:
@@ -860,7 +850,7 @@ class _RequestHandler(WSGIRequestHandler):
         pass
 
 
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False  # daemon threads are tracked below instead
@@ -870,6 +860,12 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
         self._request_threads: set[threading.Thread] = set()
         self._threads_lock = threading.Lock()
         super().__init__(address, _RequestHandler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can stall.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+        self.setup_environ()
 
     def process_request(self, request: Any, client_address: Any) -> None:
         thread = threading.Thread(

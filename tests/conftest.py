@@ -13,3 +13,35 @@ def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     """An empty workspace; the current directory is its root, as for a user."""
     monkeypatch.chdir(tmp_path)
     return Workspace(tmp_path, env={"PATH": os.environ.get("PATH", "")})
+
+
+@pytest.fixture
+def served_sandbox(tmp_path: Path):
+    """Factory: a ``Sandbox`` served over real HTTP on 127.0.0.1 (a free port), in a thread.
+
+    ``served_sandbox(**kwargs) -> SandboxServer`` (``.url``, ``.sandbox``); kwargs go to
+    ``Sandbox`` (default ``keys=("sandbox-key-one", "sandbox-key-two")``, short real limits
+    of 0.05 s with 0.01 s tolerance, ``data_dir`` under tmp_path). Every server is shut
+    down and its sandbox closed after the test.
+    """
+    import threading
+
+    from reconciler.sandbox import Limits, Sandbox, serve
+
+    started = []
+
+    def start(**kwargs):
+        kwargs.setdefault("keys", ("sandbox-key-one", "sandbox-key-two"))
+        kwargs.setdefault("limits", Limits(create=0.05, add=0.05, remove=0.05, tolerance=0.01))
+        data_dir = kwargs.pop("data_dir", None) or tmp_path / f"served-sandbox-{len(started)}"
+        server = serve(Sandbox(data_dir, **kwargs))
+        thread = threading.Thread(target=server.serve_forever, name="sandbox-server", daemon=True)
+        thread.start()
+        started.append((server, thread))
+        return server
+
+    yield start
+    for server, thread in started:
+        server.shutdown()
+        thread.join(5)
+        server.sandbox.close()
