@@ -74,3 +74,18 @@ class Workspace:
             args += ["--state", str(self.state)]
         code = main(args, stdout=out, stderr=err, env={**self.env, **(env or {})})
         return Result(code, out.getvalue(), err.getvalue())
+
+
+class FakeClock:
+    """A clock that only moves when someone sleeps: exact, instant timing tests."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += max(0.0, seconds)

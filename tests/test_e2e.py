@@ -1,0 +1,208 @@
+"""End to end: the installed command against the sandbox served over real HTTP."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from reconciler.sandbox import Sandbox
+from reconciler.store import StateStore
+from tests.helpers import emails, write_csv
+
+pytestmark = pytest.mark.e2e
+
+KEY = "e2e-secret-key-0123456789"
+COMMAND = Path(sys.executable).with_name("reconciler")
+
+
+def reconciler() -> str:
+    found = str(COMMAND) if COMMAND.exists() else shutil.which("reconciler")
+    assert found, "the reconciler command is not installed (pip install -e .)"
+    return found
+
+
+@pytest.fixture
+def server(tmp_path):
+    """`reconciler sandbox serve` in a subprocess; yields (url, data dir)."""
+    data = tmp_path / "sandbox-data"
+    proc = subprocess.Popen(
+        [
+            reconciler(),
+            "sandbox",
+            "serve",
+            "--port",
+            "0",
+            "--data",
+            str(data),
+            "--limits",
+            "create=0.1,add=0.2,remove=0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "RECONCILER_SANDBOX_KEYS": KEY},
+    )
+    line = proc.stdout.readline()
+    assert "listening on http://127.0.0.1:" in line, proc.stderr.read()
+    url = line.split()[4]
+    yield url, data
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert KEY not in proc.stderr.read()
+
+
+class Project:
+    def __init__(self, root: Path, url: str, data: Path, batch_size: int = 10) -> None:
+        self.root, self.data = root, data
+        (root / "specs").mkdir(parents=True)
+        (root / "specs" / "prod.yaml").write_text(
+            f"""\
+version: 1
+destinations:
+  prod:
+    base_url: {url}
+    api_key_env: INFOBIP_API_KEY
+    batch_size: {batch_size}
+    pacing: {{create: 0.1, add: 0.2, remove: 0.1}}
+lists:
+  churn-risk-eu:
+    cohorts: [cohorts/churn.csv]
+    exclude: [cohorts/unsub.txt]
+  power-users:
+    cohorts: [cohorts/power.csv.gz]
+"""
+        )
+        self.env = {**os.environ, "INFOBIP_API_KEY": KEY, "NO_COLOR": "1"}
+
+    def cohorts(self, churn, power, unsub=()) -> None:
+        write_csv(self.root / "specs/cohorts/churn.csv", churn)
+        write_csv(self.root / "specs/cohorts/power.csv.gz", power, gz=True)
+        (self.root / "specs/cohorts/unsub.txt").write_text("\n".join(unsub) + "\n")
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [reconciler(), *args], cwd=self.root, env=self.env, capture_output=True, text=True
+        )
+        if check:
+            assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    def start(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [reconciler(), *args],
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def sandbox_lists(self) -> dict[str, frozenset[str]]:
+        with Sandbox(self.data, keys=()) as box:
+            return {item.name: box.members(item.id) for item in box.lists()}
+
+    def request_log(self):
+        with Sandbox(self.data, keys=()) as box:
+            return box.request_log()
+
+
+@pytest.fixture
+def project(tmp_path, server):
+    url, data = server
+    return Project(tmp_path / "repo", url, data)
+
+
+def test_apply_fills_then_follows_cohort_changes(project):
+    churn, power = emails(0, 30), emails(100, 125)
+    project.cohorts(churn, power, unsub=["user3@example.com"])
+
+    first = project.run("apply", "--auto-approve", "--format", "json")
+    data = json.loads(first.stdout)
+    assert data["applied"] == {"creates": 2, "adds": 54, "removes": 0, "requests": 2 + 3 + 3}
+    assert project.sandbox_lists() == {
+        "churn-risk-eu": frozenset(churn) - {"user3@example.com"},
+        "power-users": frozenset(power),
+    }
+
+    # cohorts move: 5 leave churn, 7 join; power loses 4
+    churn2 = emails(5, 37)
+    power2 = emails(100, 121)
+    project.cohorts(churn2, power2, unsub=["user3@example.com"])
+    plan = json.loads(project.run("plan", "--format", "json").stdout)
+    counts = {c["list"]: (c["add"], c["remove"], c["requests"]) for c in plan["changes"]}
+    assert counts == {"churn-risk-eu": (7, 4, 2), "power-users": (0, 4, 1)}
+
+    second = json.loads(project.run("apply", "--auto-approve", "--format", "json").stdout)
+    assert second["applied"] == {"creates": 0, "adds": 7, "removes": 8, "requests": 3}
+    assert project.sandbox_lists() == {
+        "churn-risk-eu": frozenset(churn2),
+        "power-users": frozenset(power2),
+    }
+
+    again = project.run("plan", "--detailed-exitcode")
+    assert "No changes." in again.stdout
+    third = project.run("apply", "--auto-approve")
+    assert "No changes." in third.stdout
+
+    log = project.request_log()
+    assert [r.status for r in log if r.status != 200] == [], "no 429 at the configured pacing"
+    for kind, interval in (("create", 0.1), ("add", 0.2), ("remove", 0.1)):
+        times = [r.time for r in log if r.kind == kind]
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(g >= interval - 0.05 for g in gaps), (kind, gaps)
+
+
+def test_key_never_reaches_output_or_state(project):
+    project.cohorts(emails(0, 5), emails(5, 10))
+    out = project.run("apply", "--auto-approve")
+    assert KEY not in out.stdout + out.stderr
+    for path in (project.root / "state").rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+
+
+def test_killed_apply_converges_on_rerun(project):
+    churn, power = emails(0, 200), emails(1000, 1100)
+    project.cohorts(churn, power)
+    proc = project.start("apply", "--auto-approve")
+    time.sleep(1.2)  # a few paced requests in
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+    # the state never claims a member the sandbox does not have
+    with StateStore(project.root / "state") as store:
+        for key, record in store.records().items():
+            claimed = store.members(key)
+            assert claimed <= project.sandbox_lists().get(record.name, frozenset())
+
+    rerun = project.run("apply", "--auto-approve")
+    assert "that process is gone" in rerun.stderr or "Apply complete" in rerun.stdout
+    assert project.sandbox_lists() == {
+        "churn-risk-eu": frozenset(churn),
+        "power-users": frozenset(power),
+    }
+    assert "No changes." in project.run("plan").stdout
+
+
+def test_second_apply_is_refused_while_the_first_holds_the_lock(project):
+    project.cohorts(emails(0, 100), emails(1000, 1050))
+    first = project.start("apply", "--auto-approve")
+    time.sleep(0.8)
+    second = project.run("apply", "--auto-approve", check=False)
+    assert second.returncode == 1
+    assert "the state is locked" in second.stderr and "held by pid" in second.stderr
+    assert first.wait(60) == 0
+    assert "No changes." in project.run("apply", "--auto-approve").stdout
