@@ -14,16 +14,20 @@ import signal
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-from reconciler import __version__, engine, render
+from reconciler import __version__, engine, planfile, render
+from reconciler.apply import ApplyResult
 from reconciler.errors import PlanRefused, ReconcilerError
 from reconciler.masking import mask
+from reconciler.plan import Plan
 from reconciler.progress import make_progress
 from reconciler.sandbox import Faults, Limits, Sandbox, serve
-from reconciler.spec import SCHEMA
+from reconciler.spec import SCHEMA, Workspace, list_key
+from reconciler.store import StateStore
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -85,10 +89,21 @@ def cmd_validate(ctx: Context) -> int:
     return EXIT_OK
 
 
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "allow_mass_removal": args.allow_mass_removal,
+        "retry_rejected": args.retry_rejected,
+        "targets": list(args.target),
+        "excludes": list(args.exclude),
+    }
+
+
 def cmd_plan(ctx: Context) -> int:
     args = ctx.args
     everything = engine.load(ctx.specs)
     workspace = engine.select(everything, args.target, args.exclude)
+    # Digested before planning: a file that changes meanwhile makes the saved plan stale.
+    inputs = planfile.current_inputs(workspace) if args.out else {}
     store = engine.open_state(ctx.state_dir, create=False)
     try:
         plan = engine.build_plan(
@@ -102,8 +117,13 @@ def cmd_plan(ctx: Context) -> int:
         if store is not None:
             store.close()
     ctx.out(render.render_plan(plan, args.format, show_ids=args.show_ids, color=ctx.color))
+    _step_summary(ctx, lambda room: render.plan_markdown(plan, show_ids=False, limit=room))
     if plan.refused:
         raise PlanRefused(plan.refused)
+    if args.out:
+        saved = planfile.SavedPlan.new(plan, inputs=inputs, options=_options(args))
+        planfile.write_plan(Path(args.out), saved)
+        ctx.err(f"Saved the plan to {args.out}; apply exactly it with: reconciler apply {args.out}")
     if args.detailed_exitcode and plan.has_changes:
         return EXIT_CHANGES
     return EXIT_OK
@@ -125,42 +145,74 @@ def _confirm(ctx: Context) -> None:
 
 def cmd_apply(ctx: Context) -> int:
     args = ctx.args
+    saved = planfile.read_plan(Path(args.planfile)) if args.planfile else None
+    if saved is not None:
+        if args.target or args.exclude or args.allow_mass_removal or args.retry_rejected:
+            raise ReconcilerError(
+                "a saved plan is applied exactly as it was made: drop --target, --exclude, "
+                "--allow-mass-removal and --retry-rejected, or make a new plan with them"
+            )
+        targets, excludes = saved.options.get("targets", []), saved.options.get("excludes", [])
+    else:
+        targets, excludes = args.target, args.exclude
     everything = engine.load(ctx.specs)
-    workspace = engine.select(everything, args.target, args.exclude)
+    workspace = engine.select(everything, targets, excludes)
     store = engine.open_state(ctx.state_dir, create=True)
     assert store is not None
     with store, store.locked(timeout=args.lock_timeout):
-        plan = engine.build_plan(
-            workspace,
-            store,
-            allow_mass_removal=args.allow_mass_removal,
-            retry_rejected=args.retry_rejected,
-            all_lists=everything,
-        )
+        if saved is not None:
+            current = planfile.current_inputs(workspace)
+            planfile.check_fresh(saved, lineage=store.lineage, serial=store.serial, inputs=current)
+            plan = saved.plan
+        else:
+            plan = engine.build_plan(
+                workspace,
+                store,
+                allow_mass_removal=args.allow_mass_removal,
+                retry_rejected=args.retry_rejected,
+                all_lists=everything,
+            )
         if args.format == "text":
             ctx.out(render.render_plan(plan, "text", show_ids=args.show_ids, color=ctx.color))
         if plan.refused:
             raise PlanRefused(plan.refused)
-        if plan.has_changes and not args.auto_approve:
+        if saved is None and plan.has_changes and not args.auto_approve:
             _confirm(ctx)
-        targets, sandboxes = engine.make_targets(workspace, plan, ctx.env, state_dir=ctx.state_dir)
-        progress = make_progress(
-            plan, ctx.stderr, live=_isatty(ctx.stderr), color="NO_COLOR" not in ctx.env
-        )
-        stop = threading.Event()
-        try:
-            result = engine.run_apply(plan, store, targets, on_event=progress, stop=stop)
-        finally:
-            progress.close()
-            for target in {id(t): t for t in targets.values()}.values():
-                target.client.close()
-            for box in sandboxes:
-                box.close()
+        result = _execute(ctx, workspace, plan, store)
     if plan.has_changes or args.format == "json":
         ctx.out(render.render_apply(result, args.format, show_ids=args.show_ids))
+    if plan.has_changes:
+        _step_summary(ctx, lambda room: render.apply_markdown(result, limit=room))
     if result.interrupted:
         return EXIT_INTERRUPTED
     return EXIT_OK if result.ok else EXIT_ERROR
+
+
+def _execute(ctx: Context, workspace: Workspace, plan: Plan, store: StateStore) -> ApplyResult:
+    """Send the plan's requests with progress on stderr; close every client after."""
+    targets, sandboxes = engine.make_targets(workspace, plan, ctx.env, state_dir=ctx.state_dir)
+    progress = make_progress(
+        plan, ctx.stderr, live=_isatty(ctx.stderr), color="NO_COLOR" not in ctx.env
+    )
+    try:
+        return engine.run_apply(plan, store, targets, on_event=progress, stop=threading.Event())
+    finally:
+        progress.close()
+        for target in {id(t): t for t in targets.values()}.values():
+            target.client.close()
+        for box in sandboxes:
+            box.close()
+
+
+def cmd_show(ctx: Context) -> int:
+    args = ctx.args
+    saved = planfile.read_plan(Path(args.planfile))
+    ctx.err(
+        f"Saved plan made {saved.created_at} by reconciler {saved.tool_version} "
+        f"from state serial {saved.serial}."
+    )
+    ctx.out(render.render_plan(saved.plan, args.format, show_ids=args.show_ids, color=ctx.color))
+    return EXIT_OK
 
 
 def _sandbox_keys(env: dict[str, str]) -> list[str]:
@@ -226,6 +278,195 @@ def cmd_sandbox_show(ctx: Context) -> int:
     return EXIT_OK
 
 
+def _step_summary(ctx: Context, render_markdown: Callable[[int], str]) -> None:
+    """Append a markdown summary to $GITHUB_STEP_SUMMARY when CI provides one."""
+    path = ctx.env.get("GITHUB_STEP_SUMMARY")
+    if not path:
+        return
+    try:
+        used = os.path.getsize(path) if os.path.exists(path) else 0
+        room = render.STEP_SUMMARY_LIMIT - used
+        if room < 256:
+            log.warning("the step summary %s is full; nothing appended", path)
+            return
+        with open(path, "a", encoding="utf-8") as summary:
+            summary.write(render_markdown(room))
+    except OSError as exc:
+        log.warning("cannot write the step summary %s: %s", path, exc.strerror)
+
+
+# --- state operations -------------------------------------------------------
+
+
+def _open_existing_state(ctx: Context) -> StateStore:
+    store = engine.open_state(ctx.state_dir, create=False)
+    if store is None:
+        raise ReconcilerError(
+            f"no state at {ctx.state_dir}: run 'reconciler apply' first, or pass --state DIR"
+        )
+    return store
+
+
+def _yes(ctx: Context, question: str) -> None:
+    if getattr(ctx.args, "yes", False):
+        return
+    if not _isatty(ctx.stdin):
+        raise ReconcilerError(f"{question} needs a 'yes': pass --yes to confirm")
+    ctx.err(f"{question} Only 'yes' is accepted.")
+    ctx.stderr.write("  Enter a value: ")
+    ctx.stderr.flush()
+    if ctx.stdin.readline().strip() != "yes":
+        raise ReconcilerError("cancelled: the state is unchanged")
+
+
+def cmd_state_list(ctx: Context) -> int:
+    with _open_existing_state(ctx) as store:
+        records = list(store.records().values())
+    if ctx.args.format == "json":
+        rows = [
+            {
+                "destination": r.destination,
+                "list": r.name,
+                "list_id": r.list_id,
+                "members": r.member_count,
+                "rejected": r.rejected_count,
+                "status": r.status,
+                "membership_known": r.membership_known,
+                "applied_at": r.applied_at,
+            }
+            for r in records
+        ]
+        ctx.out(json.dumps({"lists": rows}, indent=2) + "\n")
+        return EXIT_OK
+    if not records:
+        ctx.out("The state holds no lists.\n")
+        return EXIT_OK
+    table = [("LIST", "DESTINATION", "LIST ID", "MEMBERS", "REJECTED", "LAST APPLIED")]
+    for r in records:
+        applied = r.applied_at or "-"
+        if r.status != "active":
+            applied += f" ({r.status})"
+        table.append(
+            (
+                r.name,
+                r.destination,
+                str(r.list_id or "-"),
+                f"{r.member_count:,}",
+                f"{r.rejected_count:,}",
+                applied,
+            )
+        )
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        ctx.out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        ctx.out("\n")
+    return EXIT_OK
+
+
+def cmd_state_show(ctx: Context) -> int:
+    args = ctx.args
+    with _open_existing_state(ctx) as store:
+        key = engine.resolve_list(store, args.list)
+        record = store.record(key)
+        members = sorted(store.members(key))
+        rejected = store.rejected(key)
+    assert record is not None
+    show = (lambda i: i) if args.show_ids else mask
+    if args.format == "json":
+        data = {
+            "destination": record.destination,
+            "list": record.name,
+            "list_id": record.list_id,
+            "status": record.status,
+            "membership_known": record.membership_known,
+            "applied_at": record.applied_at,
+            "members": [show(m) for m in members],
+            "rejected": {show(i): t for i, t in sorted(rejected.items())},
+        }
+        ctx.out(json.dumps(data, indent=2) + "\n")
+        return EXIT_OK
+    ctx.out(
+        f"{record.destination}/{record.name}: list id {record.list_id}, {record.status}, "
+        f"{len(members):,} members, {len(rejected):,} rejected, "
+        f"last applied {record.applied_at or 'never'}\n"
+    )
+    if not record.membership_known:
+        ctx.out("  imported: Infobip may hold ids the state has never seen\n")
+    for member in members:
+        ctx.out(f"  {show(member)}\n")
+    for user_id, kind in sorted(rejected.items()):
+        ctx.out(f"  {show(user_id)} (rejected: {kind})\n")
+    return EXIT_OK
+
+
+def cmd_state_rm(ctx: Context) -> int:
+    with _open_existing_state(ctx) as store:
+        key = engine.resolve_list(store, ctx.args.list)
+        record = store.record(key)
+        assert record is not None
+        _yes(ctx, f"Forget {record.destination}/{record.name} (list id {record.list_id})?")
+        with store.locked(timeout=ctx.args.lock_timeout):
+            store.remove_list(key)
+    ctx.out(
+        f"Forgot {record.destination}/{record.name}. Infobip is untouched: list "
+        f"{record.list_id} still exists there; if a spec still names it, the next plan "
+        "creates a new list.\n"
+    )
+    return EXIT_OK
+
+
+def cmd_state_mv(ctx: Context) -> int:
+    args = ctx.args
+    with _open_existing_state(ctx) as store:
+        old = engine.resolve_list(store, args.old)
+        record = store.record(old)
+        assert record is not None
+        destination, _, name = args.new.rpartition("/")
+        destination = destination or record.destination
+        if not name.strip():
+            raise ReconcilerError("the new name is blank")
+        with store.locked(timeout=args.lock_timeout):
+            moved = store.rename_list(
+                old, list_key(destination, name), destination=destination, name=name
+            )
+    ctx.out(
+        f"Moved {record.destination}/{record.name} to {moved.destination}/{moved.name}, "
+        f"keeping Infobip list {moved.list_id} and its {moved.member_count:,} members.\n"
+    )
+    return EXIT_OK
+
+
+def cmd_import(ctx: Context) -> int:
+    args = ctx.args
+    workspace = engine.load(ctx.specs)
+    spec = engine.select(workspace, [args.list]).lists[0]
+    if args.list_id <= 0:
+        raise ReconcilerError("LIST_ID must be a positive Infobip list (tag) id")
+    store = engine.open_state(ctx.state_dir, create=True)
+    assert store is not None
+    with store, store.locked(timeout=args.lock_timeout):
+        existing = store.record(spec.key)
+        if existing is not None:
+            raise ReconcilerError(
+                f"{spec.destination}/{spec.name} is already in the state as list "
+                f"{existing.list_id}; run 'reconciler state rm {spec.name}' first to re-import"
+            )
+        store.import_list(spec.key, spec.destination, spec.name, args.list_id)
+    ctx.out(
+        f"Imported {spec.destination}/{spec.name} as Infobip list {args.list_id}. Its "
+        "membership is unknown: the next apply adds every desired id, and ids already in the "
+        "list but not desired cannot be removed by reconciler.\n"
+    )
+    return EXIT_OK
+
+
+def cmd_force_unlock(ctx: Context) -> int:
+    with _open_existing_state(ctx) as store:
+        held = store.force_unlock(ctx.args.lock_id)
+    ctx.out(f"Removed {held.describe(time.time())}.\n")
+    return EXIT_OK
+
+
 def cmd_schema(ctx: Context) -> int:
     ctx.out(json.dumps(SCHEMA, indent=2) + "\n")
     return EXIT_OK
@@ -286,6 +527,44 @@ def _selection(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_command(
+    subparsers: Any, name: str, func: Command, help: str, description: str, *examples: str
+) -> argparse.ArgumentParser:
+    sub = subparsers.add_parser(
+        name,
+        help=help,
+        description=textwrap.dedent(description).strip(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_examples(*examples),
+    )
+    sub.set_defaults(func=func)
+    _common(sub)
+    return sub
+
+
+def _add_group(subparsers: Any, name: str, help: str, description: str, *examples: str) -> Any:
+    group = subparsers.add_parser(
+        name,
+        help=help,
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_examples(*examples),
+    )
+    children = group.add_subparsers(dest=f"{name}_command", metavar="COMMAND")
+    children.required = True
+    return children
+
+
+def _lock_timeout(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for another run's state lock (default: 0, fail at once)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="reconciler",
@@ -302,16 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     def add(name: str, func: Command, help: str, description: str, *examples: str):
-        sub = commands.add_parser(
-            name,
-            help=help,
-            description=textwrap.dedent(description).strip(),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog=_examples(*examples),
-        )
-        sub.set_defaults(func=func)
-        _common(sub)
-        return sub
+        return _add_command(commands, name, func, help, description, *examples)
 
     add(
         "validate",
@@ -342,6 +612,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", choices=("text", "markdown", "json"), default="text", help="default: text"
     )
     plan.add_argument(
+        "--out",
+        metavar="FILE",
+        help="also save the exact plan (ids included, mode 0600) for 'reconciler apply FILE'",
+    )
+    plan.add_argument(
         "--detailed-exitcode",
         action="store_true",
         help="exit 0 when there are no changes, 2 when there are, 1 on error",
@@ -359,40 +634,32 @@ def build_parser() -> argparse.ArgumentParser:
         failed or interrupted apply can simply be run again.
         """,
         "reconciler apply",
+        "reconciler apply plan.bin",
         "reconciler apply --auto-approve --format json",
         "INFOBIP_API_KEY=... reconciler apply --auto-approve --lock-timeout 300",
     )
-    apply.add_argument("--auto-approve", action="store_true", help="apply without asking")
     apply.add_argument(
-        "--lock-timeout",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="wait this long for another run's state lock (default: 0, fail at once)",
+        "planfile",
+        nargs="?",
+        metavar="PLANFILE",
+        help="a plan saved by 'plan --out': applied exactly, without a prompt",
     )
+    apply.add_argument("--auto-approve", action="store_true", help="apply without asking")
+    _lock_timeout(apply)
     apply.add_argument("--format", choices=("text", "json"), default="text", help="default: text")
     _selection(apply)
 
-    sandbox = commands.add_parser(
+    sandbox_commands = _add_group(
+        commands,
         "sandbox",
-        help="the built-in Infobip sandbox",
-        description="A local Infobip: same paths, answers, errors and rate limits, no account.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=_examples("reconciler sandbox show", "reconciler sandbox serve --port 8080"),
+        "the built-in Infobip sandbox",
+        "A local Infobip: same paths, answers, errors and rate limits, no account.",
+        "reconciler sandbox show",
+        "reconciler sandbox serve --port 8080",
     )
-    sandbox_commands = sandbox.add_subparsers(dest="sandbox_command", metavar="COMMAND")
-    sandbox_commands.required = True
 
     def add_sandbox(name: str, func: Command, help: str, description: str, *examples: str):
-        sub = sandbox_commands.add_parser(
-            name,
-            help=help,
-            description=textwrap.dedent(description).strip(),
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog=_examples(*examples),
-        )
-        sub.set_defaults(func=func)
-        _common(sub)
+        sub = _add_command(sandbox_commands, name, func, help, description, *examples)
         sub.add_argument(
             "--data",
             metavar="DIR",
@@ -437,6 +704,114 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--format", choices=("text", "json"), default="text", help="default: text")
     show.add_argument("--show-ids", action="store_true", help="show ids unmasked")
+
+    show_plan = add(
+        "show",
+        cmd_show,
+        "render a saved plan",
+        """
+        Render a plan saved by 'reconciler plan --out FILE', in any format.
+        """,
+        "reconciler show plan.bin",
+        "reconciler show plan.bin --format markdown",
+    )
+    show_plan.add_argument("planfile", metavar="PLANFILE")
+    show_plan.add_argument(
+        "--format", choices=("text", "markdown", "json"), default="text", help="default: text"
+    )
+    show_plan.add_argument("--show-ids", action="store_true", help="show ids unmasked")
+
+    state = _add_group(
+        commands,
+        "state",
+        "inspect and change the state",
+        "Inspect and change what the state knows. Infobip itself is never touched.",
+        "reconciler state list",
+        "reconciler state mv churn churn-eu",
+    )
+    listing = _add_command(
+        state,
+        "list",
+        cmd_state_list,
+        "list the lists in the state",
+        "Every list the state knows: name, destination, list id, members, rejected ids and "
+        "when it was last applied.",
+        "reconciler state list",
+        "reconciler state list --format json",
+    )
+    listing.add_argument("--format", choices=("text", "json"), default="text")
+    show_state = _add_command(
+        state,
+        "show",
+        cmd_state_show,
+        "show one list's members (masked)",
+        "Show one list of the state: its Infobip id, members and rejected ids.",
+        "reconciler state show churn-risk-eu",
+        "reconciler state show prod/churn-risk-eu --show-ids",
+    )
+    show_state.add_argument("list", metavar="LIST", help="name or destination/name")
+    show_state.add_argument("--format", choices=("text", "json"), default="text")
+    show_state.add_argument("--show-ids", action="store_true", help="show ids unmasked")
+    remove = _add_command(
+        state,
+        "rm",
+        cmd_state_rm,
+        "forget a list (Infobip is untouched)",
+        """
+        Forget a list: the state no longer knows it or its members. The list
+        stays in Infobip; if a spec still names it, the next plan creates a new one.
+        """,
+        "reconciler state rm legacy-list",
+        "reconciler state rm prod/legacy-list --yes",
+    )
+    remove.add_argument("list", metavar="LIST", help="name or destination/name")
+    remove.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    _lock_timeout(remove)
+    move = _add_command(
+        state,
+        "mv",
+        cmd_state_mv,
+        "rename a list, keeping its Infobip list",
+        """
+        Rename a list in the state, keeping its Infobip list id and members: do
+        this when you rename a list in the specs, so apply does not create a new
+        list. Infobip still shows the old name.
+        """,
+        "reconciler state mv churn churn-eu",
+        "reconciler state mv prod/churn prod/churn-eu",
+    )
+    move.add_argument("old", metavar="OLD", help="name or destination/name")
+    move.add_argument("new", metavar="NEW", help="new name, or destination/name")
+    _lock_timeout(move)
+
+    adopt = add(
+        "import",
+        cmd_import,
+        "adopt a list that already exists in Infobip",
+        """
+        Adopt an existing Infobip list (for example one made by Amplitude's
+        built-in sync) for a list of the specs. Its membership is unknown to the
+        state: the first apply adds every desired id, and ids already in the
+        list but not desired cannot be removed.
+        """,
+        "reconciler import churn-risk-eu 2568",
+    )
+    adopt.add_argument("list", metavar="LIST", help="a list named by the specs")
+    adopt.add_argument("list_id", metavar="LIST_ID", type=int, help="its Infobip list (tag) id")
+    _lock_timeout(adopt)
+
+    unlock = add(
+        "force-unlock",
+        cmd_force_unlock,
+        "remove a stale state lock",
+        """
+        Remove the state lock with LOCK_ID, for a run that died on another
+        machine. A lock left by a dead process on this host is taken over
+        automatically; never force-unlock a run that is still going.
+        """,
+        "reconciler force-unlock 3f2a9c1b7d4e",
+    )
+    unlock.add_argument("lock_id", metavar="LOCK_ID", help="shown in the 'state is locked' error")
 
     add(
         "schema",

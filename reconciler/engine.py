@@ -21,7 +21,14 @@ from reconciler.errors import Problem, ReconcilerError, SpecError
 from reconciler.infobip import InfobipClient
 from reconciler.plan import DesiredList, Plan, make_plan
 from reconciler.sandbox import Limits, Sandbox
-from reconciler.spec import KINDS, SANDBOX, Destination, ListSpec, Workspace, load_workspace
+from reconciler.spec import (
+    KINDS,
+    SANDBOX,
+    Destination,
+    ListSpec,
+    Workspace,
+    load_workspace,
+)
 from reconciler.store import Snapshot, StateStore
 
 # The in-process sandbox answers any host; this one only names it in logs.
@@ -277,3 +284,19 @@ def run_apply(
     return apply_plan(
         plan, store, targets, clock=clock, sleep=stop.wait, on_event=on_event, stop=stop
     )
+
+
+def resolve_list(store: StateStore, name: str) -> str:
+    """The state key of the list called ``name`` (or ``destination/name``).
+
+    Raises ReconcilerError when no list or more than one matches.
+    """
+    records = store.records()
+    folded = name.casefold()
+    matches = [key for key, record in records.items() if folded in (key, record.name.casefold())]
+    if len(matches) == 1:
+        return matches[0]
+    known = ", ".join(f"{r.destination}/{r.name}" for r in records.values()) or "none"
+    if not matches:
+        raise ReconcilerError(f"the state has no list '{name}' (it has: {known})")
+    raise ReconcilerError(f"'{name}' matches several lists; use destination/name ({known})")

@@ -173,16 +173,57 @@ def removal_warning(plan: Plan) -> str | None:
     return sentence
 
 
-def plan_markdown(plan: Plan, *, show_ids: bool = False) -> str:
-    """The plan for a pull request: summary, warning, a table per destination, details."""
-    out = [f"**{summary_line(plan)}**", ""]
+STEP_SUMMARY_LIMIT = 1024 * 1024  # GitHub's cap on one step's summary, in bytes
+COMMENT_LIMIT = 65_536  # GitHub's cap on a pull-request comment, in characters
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8"))  # bytes >= characters, so this fits either limit
+
+
+def fit_markdown(head: list[str], body: list[str], limit: int | None) -> str:
+    """Join ``head`` and ``body``, cutting ``body`` (never ``head``) to ``limit`` bytes.
+
+    A cut leaves a visible notice right after the head and closes any open
+    ``<details>`` so the page still renders.
+    """
+    full = "\n".join([*head, *body]) + "\n"
+    if limit is None or _size(full) <= limit:
+        return full
+    notice = [
+        "> [!NOTE]",
+        f"> Detail truncated to fit the {limit:,}-byte limit of this page; the totals above "
+        "are complete. Run `reconciler plan` or `reconciler show PLANFILE` for all of it.",
+        "",
+    ]
+    out = [*head, *notice]
+    used = _size("\n".join(out)) + len("\n</details>\n") + 16
+    for line in body:
+        used += _size(line) + 1
+        if used > limit:
+            break
+        out.append(line)
+    opened = sum(line.startswith("<details>") for line in out)
+    closed = sum(line.startswith("</details>") for line in out)
+    out += ["", "</details>"] * (opened - closed)
+    return "\n".join(out) + "\n"
+
+
+def plan_markdown(plan: Plan, *, show_ids: bool = False, limit: int | None = None) -> str:
+    """The plan for a pull request: summary, warning, a table per destination, details.
+
+    With ``limit`` (bytes), the tables and details are cut to fit with a
+    notice; the summary line, warnings and refusals never are.
+    """
+    head = [f"**{summary_line(plan)}**", ""]
     warning = removal_warning(plan)
     if warning:
-        out += ["> [!WARNING]", f"> {_md_escape(warning)}", ""]
+        head += ["> [!WARNING]", f"> {_md_escape(warning)}", ""]
     if plan.refused:
-        out += ["> [!CAUTION]", "> **Refused by the safety checks:**"]
-        out += [f"> - {_md_escape(r)}" for r in plan.refused]
-        out.append("")
+        head += ["> [!CAUTION]", "> **Refused by the safety checks:**"]
+        head += [f"> - {_md_escape(r)}" for r in plan.refused]
+        head.append("")
+    out: list[str] = []
     changes = plan.request_changes
     for destination in sorted({c.destination for c in changes}):
         out += [
@@ -205,7 +246,7 @@ def plan_markdown(plan: Plan, *, show_ids: bool = False) -> str:
     details = _md_details(plan, show_ids)
     if details:
         out += ["<details><summary>Per-list detail</summary>", "", *details, "</details>", ""]
-    return "\n".join(out)
+    return fit_markdown(head, out, limit)
 
 
 def _md_details(plan: Plan, show_ids: bool) -> list[str]:
@@ -288,12 +329,19 @@ def plan_json(plan: Plan, *, show_ids: bool = False) -> str:
     return json.dumps(plan_data(plan, show_ids=show_ids), indent=2) + "\n"
 
 
-def render_plan(plan: Plan, fmt: str, *, show_ids: bool = False, color: bool = False) -> str:
-    """Render ``plan`` as ``text``, ``markdown`` or ``json``."""
+def render_plan(
+    plan: Plan,
+    fmt: str,
+    *,
+    show_ids: bool = False,
+    color: bool = False,
+    limit: int | None = COMMENT_LIMIT,
+) -> str:
+    """Render ``plan`` as ``text``, ``markdown`` (cut to ``limit`` bytes) or ``json``."""
     if fmt == "json":
         return plan_json(plan, show_ids=show_ids)
     if fmt == "markdown":
-        return plan_markdown(plan, show_ids=show_ids)
+        return plan_markdown(plan, show_ids=show_ids, limit=limit)
     return plan_text(plan, show_ids=show_ids, color=color)
 
 
@@ -369,3 +417,13 @@ def render_apply(result: ApplyResult, fmt: str, *, show_ids: bool = False) -> st
     if fmt == "json":
         return json.dumps(apply_data(result), indent=2) + "\n"
     return apply_text(result, show_ids=show_ids)
+
+
+def apply_markdown(result: ApplyResult, *, limit: int | None = None) -> str:
+    """The apply result for a CI step summary: the counts line first, then detail."""
+    lines = apply_text(result).splitlines()
+    head = [f"**{lines[0]}**", ""]
+    body = [
+        f"- {_md_escape(line.strip())}" if line.startswith("  ") else line for line in lines[1:]
+    ]
+    return fit_markdown(head, body, limit)

@@ -471,6 +471,21 @@ class StateStore:
             self._put(record)
         return record
 
+    def import_list(self, key: str, destination: str, name: str, list_id: int) -> ListRecord:
+        """Adopt an existing Infobip list whose membership is unknown."""
+        with self._transaction():
+            if self.record(key) is not None:
+                raise StateError(f"the state already has a list {key!r}")
+            record = ListRecord(
+                key=key,
+                destination=destination,
+                name=name,
+                list_id=list_id,
+                membership_known=False,
+            )
+            self._put(record)
+        return record
+
     # --- pacing clocks -------------------------------------------------------
 
     def last_request(self, fingerprint: str, kind: str) -> float | None:

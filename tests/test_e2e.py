@@ -206,3 +206,40 @@ def test_second_apply_is_refused_while_the_first_holds_the_lock(project):
     assert "the state is locked" in second.stderr and "held by pid" in second.stderr
     assert first.wait(60) == 0
     assert "No changes." in project.run("apply", "--auto-approve").stdout
+
+
+def test_example_workflow_commands_in_order(project):
+    """The commands of examples/github-actions.yml, in order, against the served sandbox."""
+    workflow = (Path(__file__).parents[1] / "examples" / "github-actions.yml").read_text()
+    steps = [
+        "reconciler validate",
+        "reconciler plan --out plan.bin --format markdown --detailed-exitcode",
+        "reconciler apply plan.bin",
+    ]
+    for step in steps:
+        assert step in workflow
+    summary = project.root / "step-summary.md"
+    project.env["GITHUB_STEP_SUMMARY"] = str(summary)
+    project.env["RECONCILER_STATE"] = "state"
+    project.cohorts(emails(0, 40), emails(200, 230))
+
+    # pull request: validate, plan with the markdown summary, plan.bin as the artifact
+    project.run("validate")
+    planned = project.run(*steps[1].split()[1:], check=False)
+    assert planned.returncode == 2, planned.stderr
+    assert planned.stdout.startswith("**Plan: 2 lists to create, 70 ids to add")
+    artifact = (project.root / "plan.bin").read_bytes()
+
+    # merge: apply exactly the reviewed plan (no prompt), then it is spent
+    (project.root / "plan.bin").write_bytes(artifact)
+    applied = project.run(*steps[2].split()[1:])
+    assert "Apply complete: 2 lists created, 70 ids added" in applied.stdout
+    assert project.sandbox_lists() == {
+        "churn-risk-eu": frozenset(emails(0, 40)),
+        "power-users": frozenset(emails(200, 230)),
+    }
+    text = summary.read_text()
+    assert "**Plan: 2 lists to create" in text and "**Apply complete" in text
+    stale = project.run(*steps[2].split()[1:], check=False)
+    assert stale.returncode == 1 and "Saved plan is stale" in stale.stderr
+    assert project.run("plan", "--detailed-exitcode").returncode == 0
