@@ -365,15 +365,13 @@ def _rejected_ids(sent: Sequence[str], rejected: Mapping[str, Sequence[str]]) ->
 
 
 def finish_list(store: StateStore, change: ListChange, clock: Clock) -> None:
-    """Every request of a list succeeded: remember its inputs, compact if due."""
+    """Every request of a list succeeded: remember its inputs."""
     changes: dict[str, object] = {"applied_at": _now_iso(clock)}
     if change.reason == "prune":
         changes["status"] = "pruned"
     else:
         changes["input_digest"] = change.input_digest
     store.update(change.key, **changes)
-    if store.needs_compaction(change.key):
-        store.compact(change.key)
 
 
 def housekeep(store: StateStore, plan: Plan, clock: Clock) -> None:
@@ -450,6 +448,10 @@ def apply_plan(
         for thread in threads:
             thread.join()
     result.interrupted = stop.is_set() and bool(result.remaining)
+    # Compaction costs O(list size): done once the lanes are idle, never between requests.
+    for change in plan.changes:
+        if store.needs_compaction(change.key):
+            store.compact(change.key)
     return result
 
 
