@@ -200,6 +200,14 @@ class _LaneRun:
         try:
             if op.kind == "create":
                 list_id = client.create_list(change.name)
+                taken = self._owner_of(change, list_id)
+                if taken is not None:
+                    self._fail_list(
+                        change,
+                        f"Infobip answered with list {list_id}, which the state already tracks "
+                        f"as '{taken}'; give this list another name",
+                    )
+                    return
                 self.store.record_created(change.key, change.destination, change.name, list_id)
                 self.list_ids[change.key] = list_id
                 with self.lock:
@@ -210,6 +218,7 @@ class _LaneRun:
                 self.store.record_added(change.key, op.ids, rejected)
                 self._count_add(op, rejected)
             else:
+                self.store.record_removing(change.key, op.ids)
                 client.remove(self._list_id(op), op.ids)
                 self.store.record_removed(change.key, op.ids)
                 with self.lock:
@@ -236,6 +245,14 @@ class _LaneRun:
             self.result.requests += 1
         self.emit(Event("request", change.destination, change.name, op.kind, len(op.ids)))
         self._done_one(change)
+
+    def _owner_of(self, change: ListChange, list_id: int) -> str | None:
+        """Another list of the state on the same destination with this Infobip id."""
+        for key, record in self.store.records().items():
+            same = record.destination == change.destination and record.list_id == list_id
+            if same and key != change.key and record.status != "missing":
+                return record.name
+        return None
 
     def _list_id(self, op: Op) -> int:
         list_id = self.list_ids[op.change.key]

@@ -190,7 +190,9 @@ def cmd_apply(ctx: Context) -> int:
 
 def _execute(ctx: Context, workspace: Workspace, plan: Plan, store: StateStore) -> ApplyResult:
     """Send the plan's requests with progress on stderr; close every client after."""
-    targets, sandboxes = engine.make_targets(workspace, plan, ctx.env, state_dir=ctx.state_dir)
+    targets, sandboxes = engine.make_targets(
+        workspace, plan, ctx.env, state_dir=ctx.state_dir, timeout=_http_timeout(ctx.env)
+    )
     progress = make_progress(
         plan, ctx.stderr, live=_isatty(ctx.stderr), color="NO_COLOR" not in ctx.env
     )
@@ -202,6 +204,20 @@ def _execute(ctx: Context, workspace: Workspace, plan: Plan, store: StateStore) 
             target.client.close()
         for box in sandboxes:
             box.close()
+
+
+def _http_timeout(env: dict[str, str]) -> float:
+    """Seconds to wait for an Infobip answer: $RECONCILER_HTTP_TIMEOUT, default 30."""
+    raw = env.get("RECONCILER_HTTP_TIMEOUT", "30")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 3600:
+        raise ReconcilerError(
+            f"RECONCILER_HTTP_TIMEOUT must be a number of seconds between 0 and 3600, not {raw!r}"
+        )
+    return value
 
 
 def cmd_show(ctx: Context) -> int:

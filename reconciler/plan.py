@@ -8,7 +8,7 @@ of frozen values, sorted once, so every rendering is deterministic.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import attrs
 
@@ -190,7 +190,31 @@ def make_plan(
         for change in plan.changes
         if (reason := safety_refusal(change, specs.get(change.key), allow_mass_removal))
     )
-    return attrs.evolve(plan, refused=refused)
+    return attrs.evolve(plan, refused=refused + _name_clashes(plan.changes, snapshot))
+
+
+def _name_clashes(changes: Sequence[ListChange], snapshot: Snapshot) -> tuple[str, ...]:
+    """Creates whose name Infobip already gives to another list of the state.
+
+    After ``state mv`` Infobip still shows the old name; creating a new list
+    with that name could land on the same Infobip list (list names are unique
+    per account), and two lists of the state would then fight over it.
+    """
+    reasons = []
+    for change in changes:
+        if not change.create:
+            continue
+        owner = snapshot.owner(change.destination, change.name)
+        if owner is not None and owner != change.key:
+            _, remote_name, list_id = snapshot.remote[owner]
+            other = owner.split("/", 1)[1]
+            reasons.append(
+                f"{change.destination}/{change.name}: Infobip already has a list named "
+                f"'{remote_name}' (list {list_id}), which the state tracks as '{other}' since a "
+                "'state mv'. Give the new list another name, or rename the list in Infobip "
+                "first and 'reconciler state rm' / 'import' to match."
+            )
+    return tuple(reasons)
 
 
 def _diff_list(
@@ -203,7 +227,10 @@ def _diff_list(
     record = state.record if state else None
     create = record is None or record.status == "missing" or record.list_id is None
     # A list re-created after TAG_NOT_FOUND starts empty in Infobip.
-    known = frozenset() if create or state is None else state.members
+    members = frozenset() if create or state is None else state.members
+    # Ids whose remove was cut short by a crash may or may not be in Infobip:
+    # add them if desired, remove them if not (both are safe to resend).
+    known = state.claimed if state is not None and not create else frozenset()
     rejected = dict(state.rejected) if state else {}
     desired = wanted.ids
     if retry_rejected:
@@ -216,7 +243,7 @@ def _diff_list(
     skipped_rejected = len(add & blocked) if blocked else 0
     if skipped_rejected:
         add = add - blocked
-    remove = known - desired
+    remove = members - desired
     change = ListChange(
         destination=spec.destination,
         name=spec.name,
@@ -226,7 +253,7 @@ def _diff_list(
         add=tuple(sorted(add)),
         remove=tuple(sorted(remove)),
         batch_size=destination.batch_size,
-        known=len(known),
+        known=len(members),
         desired=len(desired),
         skipped_invalid=wanted.invalid_count,
         invalid_sample=wanted.invalid_sample,

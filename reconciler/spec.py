@@ -10,7 +10,9 @@ checked here. Every problem is collected and reported at once.
 from __future__ import annotations
 
 import difflib
+import errno
 import hashlib
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -114,7 +116,19 @@ SCHEMA: dict[str, Any] = {
     },
 }
 
-_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+def _is_finite_number(checker: Any, value: Any) -> bool:
+    # YAML has .inf and .nan, and 1.0e+400 reads as inf; NaN passes every minimum and maximum,
+    # so "a number" means a finite one here.
+    return jsonschema.Draft202012Validator.TYPE_CHECKER.is_type(value, "number") and (
+        not isinstance(value, float) or math.isfinite(value)
+    )
+
+
+_VALIDATOR = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("number", _is_finite_number),
+)(SCHEMA)
 
 
 # --- models ----------------------------------------------------------------
@@ -224,15 +238,27 @@ def load_workspace(specs: Path, *, root: Path | None = None) -> Workspace:
     """
     specs = Path(specs)
     spec_dir = specs if specs.is_dir() else specs.parent
-    root = Path(root) if root is not None else spec_dir.resolve().parent
+    root = (Path(root) if root is not None else spec_dir.resolve().parent).resolve()
     problems: list[Problem] = []
     files = _spec_files(specs, problems)
     loaded: list[tuple[SpecFile, LocatedDict]] = []
     for path in files:
+        if _leads_outside(path, root):
+            # a symlinked spec would print another file's keys and names into the CI log
+            problems.append(
+                Problem(
+                    _display(path),
+                    1,
+                    1,
+                    f"spec file is a link that leads outside the workspace ({_display(root)})",
+                    "keep spec files inside the repository",
+                )
+            )
+            continue
         spec_file, document = _read(path, problems)
         if spec_file is not None and document is not None:
             loaded.append((spec_file, document))
-    workspace = _build(loaded, root.resolve(), problems)
+    workspace = _build(loaded, root, problems)
     if problems:
         raise SpecError(problems)
     return workspace
@@ -243,6 +269,13 @@ def _display(path: Path) -> str:
         return os.path.relpath(path)
     except ValueError:  # another drive on Windows
         return str(path)
+
+
+def _leads_outside(path: Path, root: Path) -> bool:
+    try:
+        return not path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a link loop: reading it reports the problem
+        return False
 
 
 def _spec_files(specs: Path, problems: list[Problem]) -> list[Path]:
@@ -357,6 +390,8 @@ _TYPE_NAMES = {
     "integer": "a whole number",
     "number": "a number",
     "boolean": "true or false",
+    "infinite": "infinity",
+    "nan": "NaN",
 }
 
 
@@ -430,6 +465,8 @@ def _describe(
         yield where.problem(
             f"unsupported spec version {node!r}", f"this reconciler reads 'version: {expected}'"
         )
+    elif kind == "type" and node is None:  # "key:" with nothing after it
+        yield where.problem(f"{field} is empty; it must be {_TYPE_NAMES[expected]}")
     elif kind == "type":
         got = _TYPE_NAMES.get(_json_type(node), type(node).__name__)
         yield where.problem(f"{field} must be {_TYPE_NAMES[expected]}, not {got}")
@@ -462,7 +499,9 @@ def _json_type(value: Any) -> str:
     if isinstance(value, int):
         return "integer"
     if isinstance(value, float):
-        return "number"
+        if math.isnan(value):
+            return "nan"
+        return "number" if math.isfinite(value) else "infinite"
     if isinstance(value, str):
         return "string"
     if isinstance(value, list):
@@ -508,7 +547,8 @@ def _destination(
         name=name,
         base_url=base_url,
         api_key_env=api_key_env,
-        batch_size=data.get("batch_size", DEFAULT_BATCH_SIZE),
+        # the schema's "integer" also admits 5.0, which range() and slicing do not
+        batch_size=int(data.get("batch_size", DEFAULT_BATCH_SIZE)),
         pacing=Pacing(**{k: float(v) for k, v in (data.get("pacing") or {}).items()}),
         prune=data.get("prune", False),
         where=where,
@@ -639,7 +679,13 @@ def _cohort_ref(
     text: str, where: Location, base: Path, root: Path, problems: list[Problem]
 ) -> CohortRef | None:
     raw = Path(os.path.expanduser(text)) if text.startswith("~") else Path(text)
-    path = (base / raw).resolve()  # follows symlinks, so a link cannot smuggle a path out
+    try:
+        path = (base / raw).resolve()  # follows symlinks, so a link cannot smuggle a path out
+        exists, is_file = path.exists(), path.is_file()
+    except (OSError, ValueError, RuntimeError) as exc:
+        shown = text if len(text) <= 80 else f"{text[:40]}...{text[-20:]}"
+        problems.append(where.problem(f"cohort path {shown!r} {_unusable(exc)}", "fix the path"))
+        return None
     if not path.is_relative_to(root):
         problems.append(
             where.problem(
@@ -649,7 +695,7 @@ def _cohort_ref(
         )
         return None
     display = _display(path)
-    if not path.exists():
+    if not exists:
         problems.append(
             where.problem(
                 f"cohort file '{text}' not found (looked for {display})",
@@ -657,7 +703,16 @@ def _cohort_ref(
             )
         )
         return None
-    if not path.is_file():
+    if not is_file:
         problems.append(where.problem(f"cohort path '{text}' is not a file", "name a file"))
         return None
     return CohortRef(path=path, display=display)
+
+
+def _unusable(exc: Exception) -> str:
+    """Why a path cannot even be looked up, without the absolute path the exception holds."""
+    if isinstance(exc, ValueError):  # "embedded null byte"
+        return "contains a NUL character"
+    if isinstance(exc, RuntimeError) or getattr(exc, "errno", None) == errno.ELOOP:
+        return "is a loop of symbolic links"
+    return f"cannot be looked up: {getattr(exc, 'strerror', None) or exc}"

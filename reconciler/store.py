@@ -16,7 +16,8 @@ Layout (all values are str, bytes or numbers: nothing is pickled)::
     lock                          {"id", "pid", "host", "started"}
     pacing/<fingerprint>/<kind>   wall-clock time of the last request start
 
-``<set>`` is ``members`` (user ids) or ``rejected`` (``id\\tERROR_TYPE``).
+``<set>`` is ``members`` (user ids), ``rejected`` (``id\\tERROR_TYPE``) or
+``pending`` (ids whose remove was sent but not yet confirmed).
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ DB_NAME = "cache.db"
 
 MEMBERS = "members"
 REJECTED = "rejected"
+# Ids whose remove request is in flight: committed before the request is sent,
+# so that after a crash the state never claims a member Infobip may have dropped.
+PENDING = "pending"
 
 
 class _PlainDisk(diskcache.Disk):
@@ -76,8 +80,11 @@ class ListRecord:
     status: str = "active"
     # False after ``import``: Infobip may hold ids the state never saw.
     membership_known: bool = True
+    # The name Infobip knows the list by; differs from ``name`` after ``state mv``.
+    remote_name: str | None = None
     member_count: int = 0
     rejected_count: int = 0
+    pending_count: int = 0
     input_digest: str | None = None
     applied_at: str | None = None
     sets: Mapping[str, Mapping[str, int]] = attrs.field(factory=dict)
@@ -98,6 +105,13 @@ class ListState:
     record: ListRecord
     members: frozenset[str]
     rejected: Mapping[str, str]  # id -> error type
+    # removes sent but never confirmed (a crash): maybe still in Infobip, maybe not
+    pending: frozenset[str] = frozenset()
+
+    @property
+    def claimed(self) -> frozenset[str]:
+        """The members the state vouches for: confirmed, with no remove in flight."""
+        return self.members - self.pending if self.pending else self.members
 
     @property
     def key(self) -> str:
@@ -111,6 +125,16 @@ class Snapshot:
     lineage: str | None
     serial: int
     lists: Mapping[str, ListState]
+    # every list of the state (also those not loaded): key -> (destination, Infobip name, id)
+    remote: Mapping[str, tuple[str, str, int | None]] = attrs.field(factory=dict)
+
+    def owner(self, destination: str, remote_name: str) -> str | None:
+        """The key of the list that Infobip knows as ``remote_name`` on ``destination``."""
+        folded = remote_name.casefold()
+        for key, (dest, name, _) in self.remote.items():
+            if dest == destination and name.casefold() == folded:
+                return key
+        return None
 
 
 @attrs.frozen
@@ -193,7 +217,14 @@ class StateStore:
     def _guard(self) -> Iterator[None]:
         try:
             yield
-        except (sqlite3.DatabaseError, zlib.error, json.JSONDecodeError, TypeError) as exc:
+        except (
+            sqlite3.DatabaseError,
+            zlib.error,
+            json.JSONDecodeError,
+            TypeError,
+            KeyError,
+            ValueError,
+        ) as exc:
             raise StateCorrupt(self._corrupt_message(exc)) from None
         except OSError as exc:
             raise StateError(f"cannot use the state at {self.directory}: {exc}") from None
@@ -321,19 +352,25 @@ class StateStore:
         record = self.record(key)
         if record is None:
             return None
-        return ListState(record, frozenset(self.members(key)), self.rejected(key))
+        return self._list_state(record)
+
+    def _list_state(self, record: ListRecord) -> ListState:
+        rejected = dict(i.split("\t", 1) for i in self._load_set(record, REJECTED))
+        pending = (
+            frozenset(self._load_set(record, PENDING)) if record.pending_count else frozenset()
+        )
+        return ListState(record, frozenset(self._load_set(record, MEMBERS)), rejected, pending)
 
     def snapshot(self, keys: Iterable[str] | None = None) -> Snapshot:
         """The whole state (or the lists in ``keys``) as immutable values."""
         meta = self._meta()
         wanted = None if keys is None else set(keys)
-        lists = {}
+        lists, remote = {}, {}
         for key, record in self.records().items():
+            remote[key] = (record.destination, record.remote_name or record.name, record.list_id)
             if wanted is None or key in wanted:
-                rejected = dict(i.split("\t", 1) for i in self._load_set(record, REJECTED))
-                members = frozenset(self._load_set(record, MEMBERS))
-                lists[key] = ListState(record, members, rejected)
-        return Snapshot(meta["lineage"], meta["serial"], lists)
+                lists[key] = self._list_state(record)
+        return Snapshot(meta["lineage"], meta["serial"], lists, remote)
 
     # --- writing: one transaction each, each bumps the serial -----------------
 
@@ -355,7 +392,12 @@ class StateStore:
             else:
                 # A re-created list starts empty in Infobip.
                 record = attrs.evolve(
-                    old, name=name, list_id=list_id, status="active", input_digest=None
+                    old,
+                    name=name,
+                    remote_name=None,
+                    list_id=list_id,
+                    status="active",
+                    input_digest=None,
                 )
                 record = self._write_base(record, MEMBERS, [])
                 record = attrs.evolve(record, member_count=0)
@@ -379,6 +421,22 @@ class StateStore:
                 member_count=record.member_count + len(accepted),
                 rejected_count=record.rejected_count + len(rejected),
             )
+            record = self._clear_pending(record, ids)
+            self._put(record)
+        return record
+
+    def _clear_pending(self, record: ListRecord, ids: Collection[str]) -> ListRecord:
+        if not record.pending_count:
+            return record
+        record = self._append(record, PENDING, "-", ids)
+        return attrs.evolve(record, pending_count=max(0, record.pending_count - len(ids)))
+
+    def record_removing(self, key: str, ids: Collection[str]) -> ListRecord:
+        """A remove of ``ids`` is about to be sent: stop vouching for them until confirmed."""
+        with self._transaction():
+            record = self._require(key)
+            record = self._append(record, PENDING, "+", ids)
+            record = attrs.evolve(record, pending_count=record.pending_count + len(ids))
             self._put(record)
         return record
 
@@ -388,6 +446,7 @@ class StateStore:
             record = self._require(key)
             record = self._append(record, MEMBERS, "-", ids)
             record = attrs.evolve(record, member_count=max(0, record.member_count - len(ids)))
+            record = self._clear_pending(record, ids)
             self._put(record)
         return record
 
@@ -414,10 +473,20 @@ class StateStore:
         record = self.record(key)
         if record is None:
             return
+        counts = {}
         with self._transaction():
-            for name in (MEMBERS, REJECTED):
+            for name in (MEMBERS, REJECTED, PENDING):
+                items = self._load_set(record, name)
+                counts[name] = len(items)
                 if record.sets.get(name, {}).get("deltas", 0):
-                    record = self._write_base(record, name, self._load_set(record, name))
+                    record = self._write_base(record, name, items)
+            # Counts kept per commit are upper bounds (a resent id counts twice); exact here.
+            record = attrs.evolve(
+                record,
+                member_count=counts[MEMBERS],
+                rejected_count=counts[REJECTED],
+                pending_count=counts[PENDING],
+            )
             self._put(record)
 
     def needs_compaction(self, key: str) -> bool:
@@ -441,6 +510,7 @@ class StateStore:
                 raise StateError(f"the state already has a list {new!r}")
             record = self._require(old)
             members, rejected = self._load_set(record, MEMBERS), self._load_set(record, REJECTED)
+            pending = self._load_set(record, PENDING)
             for set_name, info in record.sets.items():
                 self._drop_generation(old, set_name, info)
             self._cache.delete(f"list/{old}")
@@ -451,11 +521,14 @@ class StateStore:
                 list_id=record.list_id,
                 status=record.status,
                 membership_known=record.membership_known,
+                remote_name=record.remote_name or record.name,
                 member_count=len(members),
                 rejected_count=len(rejected),
+                pending_count=len(pending),
             )
             moved = self._write_base(moved, MEMBERS, members)
             moved = self._write_base(moved, REJECTED, rejected)
+            moved = self._write_base(moved, PENDING, pending)
             self._put(moved)
         return moved
 

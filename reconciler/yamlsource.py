@@ -20,6 +20,10 @@ from reconciler.errors import Problem
 # expand into billions of nodes when walked ("billion laughs"). Specs never
 # need many.
 MAX_ALIASES = 64
+# PyYAML's scalar constructors trust the tag: ``!!int abc``, ``!!bool maybe`` or a date such as
+# 2024-13-45 raise these plain Python errors instead of a YAMLError.
+_CONSTRUCTION_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)
+_SHORT_TAG = "tag:yaml.org,2002:"
 
 
 @attrs.frozen(order=True)
@@ -77,7 +81,30 @@ class _Loader(yaml.SafeLoader):
                 )
         return super().compose_node(parent, index)
 
+    def construct_object(self, node, deep=False):  # type: ignore[no-untyped-def]
+        try:
+            return super().construct_object(node, deep=deep)
+        except _CONSTRUCTION_ERRORS:
+            tag = node.tag.replace(_SHORT_TAG, "!!")
+            raise yaml.constructor.ConstructorError(
+                problem=f"this value cannot be read as {tag}", problem_mark=node.start_mark
+            ) from None
+
+    def construct_unknown(self, node: yaml.Node) -> None:
+        tag = node.tag.replace(_SHORT_TAG, "!!")
+        raise yaml.constructor.ConstructorError(
+            problem=f"the tag {tag} is not allowed in a spec", problem_mark=node.start_mark
+        )
+
+    def _expect(self, node: yaml.Node, kind: type[yaml.Node], what: str) -> None:
+        # an explicit !!map or !!seq tag can sit on the other kind of node
+        if not isinstance(node, kind):
+            raise yaml.constructor.ConstructorError(
+                problem=f"expected {what}, but found {node.id}", problem_mark=node.start_mark
+            )
+
     def construct_located_mapping(self, node: yaml.MappingNode) -> LocatedDict:
+        self._expect(node, yaml.MappingNode, "a mapping")
         self.flatten_mapping(node)
         result = LocatedDict()
         result.where = _location(self.file, node)
@@ -108,6 +135,7 @@ class _Loader(yaml.SafeLoader):
         return result
 
     def construct_located_sequence(self, node: yaml.SequenceNode) -> LocatedList:
+        self._expect(node, yaml.SequenceNode, "a list")
         result = LocatedList(self.construct_object(child, deep=True) for child in node.value)
         result.where = _location(self.file, node)
         result.item_where = [_location(self.file, child) for child in node.value]
@@ -120,6 +148,8 @@ _Loader.add_constructor(
 _Loader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _Loader.construct_located_sequence
 )
+# Only the safe tags have constructors; anything else (!!python/object, !custom) is refused.
+_Loader.add_constructor(None, _Loader.construct_unknown)
 
 
 def load_yaml(text: str, file: str) -> tuple[Any, list[Problem]]:
@@ -129,19 +159,44 @@ def load_yaml(text: str, file: str) -> tuple[Any, list[Problem]]:
     while building it. A syntax error comes back as the only problem and a
     ``None`` document; nothing is raised.
     """
-    loader = _Loader(text, file)
+    try:
+        loader = _Loader(text, file)
+    except yaml.reader.ReaderError as exc:  # checked up front, for the whole text
+        return None, [_unprintable(text, file, exc)]
     try:
         document = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        message = f"YAML syntax error: {exc.problem or exc.context}"
-        hint = "indent with spaces, not tabs" if "\\t" in str(exc.problem) else "fix the YAML"
+        if isinstance(exc, yaml.constructor.ConstructorError):
+            # about a value (a tag, a date that does not exist), not the syntax
+            message = f"YAML error: {exc.problem or exc.context}"
+            hint = "remove the tag, or quote the value to make it text"
+        else:
+            message = f"YAML syntax error: {exc.problem or exc.context}"
+            hint = "indent with spaces, not tabs" if "\\t" in str(exc.problem) else "fix the YAML"
         return None, [Problem(file, line, column, message, hint)]
     except yaml.YAMLError as exc:
-        return None, [Problem(file, 1, 1, f"YAML error: {exc}", "fix the YAML")]
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return None, [Problem(file, 1, 1, f"YAML error: {first}", "fix the YAML")]
     except RecursionError:
-        return None, [Problem(file, 1, 1, "YAML nested too deeply", "flatten the document")]
+        mark = loader.get_mark()  # where the reader had got to: inside the deepest nesting
+        where = (mark.line + 1, mark.column + 1)
+        return None, [Problem(file, *where, "YAML nested too deeply", "flatten the document")]
     finally:
         loader.dispose()
     return document, loader.problems
+
+
+def _unprintable(text: str, file: str, exc: yaml.reader.ReaderError) -> Problem:
+    """A character YAML does not allow (a NUL, another control character), located."""
+    position = exc.position
+    line = text.count("\n", 0, position) + 1
+    column = position - (text.rfind("\n", 0, position) + 1) + 1
+    return Problem(
+        file,
+        line,
+        column,
+        f"character U+{exc.character:04X} is not allowed in YAML",
+        "remove it; a spec is plain text",
+    )

@@ -238,3 +238,18 @@ def test_plan_is_deterministic_and_frozen():
     assert plan.changes[0].add == ("a@x.com", "z@x.com")
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         plan.changes[0].create = False  # type: ignore[misc]
+
+
+def test_ids_of_a_remove_cut_short_are_resent_either_way():
+    s = spec()
+    st_ = ListState(
+        state(s).record,
+        frozenset({"a@x.com", "b@x.com", "c@x.com"}),
+        {},
+        frozenset({"a@x.com", "b@x.com"}),
+    )
+    desired = {"a@x.com", "c@x.com"}  # a is wanted back, b is still to go
+    plan = make_plan(workspace(s), {s.key: DesiredList(s, frozenset(desired))}, snapshot(st_))
+    (change,) = plan.changes
+    assert change.add == ("a@x.com",)
+    assert change.remove == ("b@x.com",)

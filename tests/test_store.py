@@ -151,3 +151,36 @@ def test_pacing_clocks_do_not_move_the_serial(store):
     assert store.last_request("sha256:abc", "add") == 12.5
     assert store.last_request("sha256:abc", "remove") is None
     assert store.serial == 0
+
+
+def test_a_remove_in_flight_is_not_claimed(store):
+    """After a crash between sending a remove and its answer, the state vouches for neither."""
+    store.record_created(KEY, "prod", "churn", 7)
+    store.record_added(KEY, ["a@x.com", "b@x.com"])
+    store.record_removing(KEY, ["a@x.com"])
+    # ... the process dies here ...
+    state = store.list_state(KEY)
+    assert state.members == {"a@x.com", "b@x.com"}
+    assert state.claimed == {"b@x.com"}
+    store.record_removed(KEY, ["a@x.com"])
+    state = store.list_state(KEY)
+    assert state.members == state.claimed == {"b@x.com"}
+    assert not state.pending
+
+
+def test_missing_delta_is_corruption_not_an_empty_list(store):
+    store.record_created(KEY, "prod", "churn", 7)
+    store.record_added(KEY, ["a@x.com"])
+    store._cache.delete(f"set/{KEY}/members/0/0")
+    with pytest.raises(StateCorrupt, match="unreadable"):
+        store.members(KEY)
+
+
+def test_a_torn_database_file_is_reported(tmp_path):
+    directory = tmp_path / "state"
+    with StateStore(directory) as store:
+        store.seed_list(KEY, "prod", "churn", 7, (f"m{i}@x.com" for i in range(20_000)))
+    db = directory / "cache.db"
+    db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
+    with pytest.raises(StateCorrupt, match="Restore it from a backup"), StateStore(directory) as s:
+        s.snapshot()
