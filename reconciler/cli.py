@@ -510,7 +510,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="state directory (default: $RECONCILER_STATE or state)",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more to stderr")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="log more to stderr (-vv: debug)"
+    )
 
 
 def _selection(parser: argparse.ArgumentParser) -> None:
@@ -877,14 +879,14 @@ def main(
         return EXIT_ERROR
 
 
-def _configure_logging(stream: IO[str], *, verbose: bool) -> None:
+def _configure_logging(stream: IO[str], *, verbose: int) -> None:
     root = logging.getLogger("reconciler")
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     root.addHandler(handler)
-    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    root.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG))
     root.propagate = False
 
 

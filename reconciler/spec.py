@@ -549,7 +549,8 @@ def _destination(
         api_key_env=api_key_env,
         # the schema's "integer" also admits 5.0, which range() and slicing do not
         batch_size=int(data.get("batch_size", DEFAULT_BATCH_SIZE)),
-        pacing=Pacing(**{k: float(v) for k, v in (data.get("pacing") or {}).items()}),
+        # unknown keys were reported and stay in the document: take only the known ones
+        pacing=Pacing(**{k: float(v) for k, v in (data.get("pacing") or {}).items() if k in KINDS}),
         prune=data.get("prune", False),
         where=where,
     )

@@ -20,10 +20,13 @@ from reconciler.errors import Problem
 # expand into billions of nodes when walked ("billion laughs"). Specs never
 # need many.
 MAX_ALIASES = 64
+# ... and even 64 can double a list 32 times: cap how many values aliases add, since every
+# check and message that walks or prints a value would expand them.
+MAX_ALIAS_EXPANSION = 10_000
 # PyYAML's scalar constructors trust the tag: ``!!int abc``, ``!!bool maybe`` or a date such as
 # 2024-13-45 raise these plain Python errors instead of a YAMLError.
+_MERGE_TAG = "tag:yaml.org,2002:merge"
 _CONSTRUCTION_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError)
-_SHORT_TAG = "tag:yaml.org,2002:"
 
 
 @attrs.frozen(order=True)
@@ -56,6 +59,14 @@ class LocatedList(list):
     item_where: list[Location]
 
 
+class _Refused(yaml.MarkedYAMLError):
+    """Something this loader refuses, at a place in the file, with the way out."""
+
+    def __init__(self, problem: str, mark: yaml.Mark, hint: str) -> None:
+        super().__init__(problem=problem, problem_mark=mark)
+        self.hint = hint
+
+
 def _location(file: str, node: yaml.Node) -> Location:
     mark = node.start_mark
     return Location(file, mark.line + 1, mark.column + 1)
@@ -69,47 +80,74 @@ class _Loader(yaml.SafeLoader):
         self.file = file
         self.problems: list[Problem] = []
         self.aliases = 0
+        self.first_alias: yaml.Mark | None = None
 
     def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
         if self.check_event(yaml.AliasEvent):
             self.aliases += 1
+            self.first_alias = self.first_alias or self.peek_event().start_mark
             if self.aliases > MAX_ALIASES:
-                mark = self.peek_event().start_mark
-                raise yaml.MarkedYAMLError(
-                    problem=f"more than {MAX_ALIASES} aliases (*name) in one file",
-                    problem_mark=mark,
+                raise _Refused(
+                    f"more than {MAX_ALIASES} aliases (*name) in one file",
+                    self.peek_event().start_mark,
+                    "write the values out; a spec never needs that many aliases",
                 )
         return super().compose_node(parent, index)
 
+    def construct_document(self, node):  # type: ignore[no-untyped-def]
+        expanded, written = _sizes(node)
+        if expanded - written > MAX_ALIAS_EXPANSION:
+            raise _Refused(
+                f"the aliases (*name) expand to {expanded:,} values",
+                self.first_alias or node.start_mark,
+                "write the values out; a spec never needs aliases nested this deep",
+            )
+        return super().construct_document(node)
+
     def construct_object(self, node, deep=False):  # type: ignore[no-untyped-def]
+        if node in self.recursive_objects:
+            raise _Refused(
+                "an alias (*name) refers to the mapping or list that contains it",
+                node.start_mark,
+                "write the values out instead of the alias",
+            )
         try:
             return super().construct_object(node, deep=deep)
         except _CONSTRUCTION_ERRORS:
-            tag = node.tag.replace(_SHORT_TAG, "!!")
-            raise yaml.constructor.ConstructorError(
-                problem=f"this value cannot be read as {tag}", problem_mark=node.start_mark
+            raise _Refused(
+                f"this value cannot be read as {_short(node.tag)}",
+                node.start_mark,
+                "quote the value to make it text, or remove the tag",
             ) from None
 
     def construct_unknown(self, node: yaml.Node) -> None:
-        tag = node.tag.replace(_SHORT_TAG, "!!")
-        raise yaml.constructor.ConstructorError(
-            problem=f"the tag {tag} is not allowed in a spec", problem_mark=node.start_mark
+        raise _Refused(
+            f"the tag {_short(node.tag)} is not allowed in a spec",
+            node.start_mark,
+            "remove the tag; a spec holds plain mappings, lists, strings and numbers",
         )
 
     def _expect(self, node: yaml.Node, kind: type[yaml.Node], what: str) -> None:
         # an explicit !!map or !!seq tag can sit on the other kind of node
         if not isinstance(node, kind):
-            raise yaml.constructor.ConstructorError(
-                problem=f"expected {what}, but found {node.id}", problem_mark=node.start_mark
+            raise _Refused(
+                f"{_short(node.tag)} expects {what}, but found a {node.id}",
+                node.start_mark,
+                "remove the tag",
             )
 
     def construct_located_mapping(self, node: yaml.MappingNode) -> LocatedDict:
         self._expect(node, yaml.MappingNode, "a mapping")
+        own = sum(1 for key_node, _ in node.value if key_node.tag != _MERGE_TAG)
         self.flatten_mapping(node)
+        # flatten_mapping puts the entries of "<<: *base" first; a key written after them
+        # overrides them (that is what merging is for), it is no duplicate
+        merged = len(node.value) - own
         result = LocatedDict()
         result.where = _location(self.file, node)
         result.key_where, result.value_where = {}, {}
-        for key_node, value_node in node.value:
+        overridable: set[str] = set()
+        for index, (key_node, value_node) in enumerate(node.value):
             key = self.construct_object(key_node, deep=True)
             where = _location(self.file, key_node)
             if not isinstance(key, str):
@@ -120,6 +158,12 @@ class _Loader(yaml.SafeLoader):
                     )
                 )
                 key = str(key)
+            if key in overridable:
+                del result[key]
+            if index < merged:
+                overridable.add(key)
+            else:
+                overridable.discard(key)
             if key in result:
                 first = result.key_where[key]
                 self.problems.append(
@@ -166,16 +210,7 @@ def load_yaml(text: str, file: str) -> tuple[Any, list[Problem]]:
     try:
         document = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        if isinstance(exc, yaml.constructor.ConstructorError):
-            # about a value (a tag, a date that does not exist), not the syntax
-            message = f"YAML error: {exc.problem or exc.context}"
-            hint = "remove the tag, or quote the value to make it text"
-        else:
-            message = f"YAML syntax error: {exc.problem or exc.context}"
-            hint = "indent with spaces, not tabs" if "\\t" in str(exc.problem) else "fix the YAML"
-        return None, [Problem(file, line, column, message, hint)]
+        return None, [_marked(exc, file)]
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return None, [Problem(file, 1, 1, f"YAML error: {first}", "fix the YAML")]
@@ -186,6 +221,54 @@ def load_yaml(text: str, file: str) -> tuple[Any, list[Problem]]:
     finally:
         loader.dispose()
     return document, loader.problems
+
+
+def _sizes(root: yaml.Node) -> tuple[int, int]:
+    """How many values the document has with aliases expanded, and as written."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        sizes[id(node)] = 1  # a cycle counts once; construction refuses it
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(key) + size(value) for key, value in node.value)
+        sizes[id(node)] = total
+        return total
+
+    return size(root), len(sizes)
+
+
+def _short(tag: str) -> str:
+    return tag.replace("tag:yaml.org,2002:", "!!")
+
+
+def _marked(exc: yaml.MarkedYAMLError, file: str) -> Problem:
+    """One located problem from a PyYAML error (or a _Refused one)."""
+    mark = exc.problem_mark or exc.context_mark
+    line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+    if isinstance(exc, _Refused):
+        return Problem(file, line, column, f"YAML error: {exc.problem}", exc.hint)
+    problem, context, opened = exc.problem or "", exc.context or "", exc.context_mark
+    hint = "fix the YAML"
+    if "\\t" in problem:
+        hint = "indent with spaces, not tabs"
+    elif context.startswith("expected a single document"):
+        problem = "a second document (---) in one file"
+        hint = "keep one document per spec file"
+    elif isinstance(exc, yaml.constructor.ConstructorError):
+        hint = "remove the tag, or quote the value to make it text"
+    elif context.startswith("while ") and opened is not None and opened.line + 1 != line:
+        # e.g. an unclosed [ is only noticed lines later: say where it began
+        what = context.removeprefix("while parsing ").removeprefix("while scanning ")
+        problem = f"{problem} (in {what} that starts on line {opened.line + 1})"
+    # a constructor error is about a value (a tag, a shape), not the syntax
+    value = isinstance(exc, yaml.constructor.ConstructorError)
+    kind = "YAML error" if value else "YAML syntax error"
+    return Problem(file, line, column, f"{kind}: {problem or context}", hint)
 
 
 def _unprintable(text: str, file: str, exc: yaml.reader.ReaderError) -> Problem:

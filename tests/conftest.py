@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import Workspace
+from tests.helpers import KEY, Workspace, reconciler
 
 
 @pytest.fixture
@@ -45,3 +47,42 @@ def served_sandbox(tmp_path: Path):
         server.shutdown()
         thread.join(5)
         server.sandbox.close()
+
+
+@pytest.fixture
+def sandbox_process(tmp_path: Path):
+    """Factory: `reconciler sandbox serve` in a subprocess; returns (url, data dir, process)."""
+    started = []
+
+    def start(*extra: str, limits: str = "create=0.1,add=0.2,remove=0.1", verbose=False):
+        data = tmp_path / f"sandbox-data-{len(started)}"
+        args = [reconciler(), "sandbox", "serve", "--port", "0", "--data", str(data)]
+        args += ["--limits", limits, *extra] + (["-v"] if verbose else [])
+        proc = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "RECONCILER_SANDBOX_KEYS": KEY},
+        )
+        line = proc.stdout.readline()
+        assert "listening on http://127.0.0.1:" in line, proc.stderr.read()
+        started.append(proc)
+        return line.split()[4], data, proc
+
+    yield start
+    for proc in started:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+        assert KEY not in proc.stderr.read()
+
+
+@pytest.fixture
+def server(sandbox_process):
+    """`reconciler sandbox serve` in a subprocess; yields (url, data dir)."""
+    url, data, _ = sandbox_process()
+    return url, data

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,6 +15,7 @@ from pathlib import Path
 import attrs
 
 from reconciler.cli import main
+from reconciler.sandbox import Sandbox
 
 
 def write_csv(path: Path, ids: Iterable[str], *, gz: bool = False) -> Path:
@@ -89,3 +94,70 @@ class FakeClock:
     def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += max(0.0, seconds)
+
+
+# --- end to end: the installed command ---------------------------------------
+
+KEY = "e2e-secret-key-0123456789"
+COMMAND = Path(sys.executable).with_name("reconciler")
+
+
+def reconciler() -> str:
+    found = str(COMMAND) if COMMAND.exists() else shutil.which("reconciler")
+    assert found, "the reconciler command is not installed (pip install -e .)"
+    return found
+
+
+class Project:
+    def __init__(self, root: Path, url: str, data: Path, batch_size: int = 10) -> None:
+        self.root, self.data = root, data
+        (root / "specs").mkdir(parents=True)
+        (root / "specs" / "prod.yaml").write_text(
+            f"""\
+version: 1
+destinations:
+  prod:
+    base_url: {url}
+    api_key_env: INFOBIP_API_KEY
+    batch_size: {batch_size}
+    pacing: {{create: 0.1, add: 0.2, remove: 0.1}}
+lists:
+  churn-risk-eu:
+    cohorts: [cohorts/churn.csv]
+    exclude: [cohorts/unsub.txt]
+  power-users:
+    cohorts: [cohorts/power.csv.gz]
+"""
+        )
+        self.env = {**os.environ, "INFOBIP_API_KEY": KEY, "NO_COLOR": "1"}
+
+    def cohorts(self, churn, power, unsub=()) -> None:
+        write_csv(self.root / "specs/cohorts/churn.csv", churn)
+        write_csv(self.root / "specs/cohorts/power.csv.gz", power, gz=True)
+        (self.root / "specs/cohorts/unsub.txt").write_text("\n".join(unsub) + "\n")
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            [reconciler(), *args], cwd=self.root, env=self.env, capture_output=True, text=True
+        )
+        if check:
+            assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    def start(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen(
+            [reconciler(), *args],
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def sandbox_lists(self) -> dict[str, frozenset[str]]:
+        with Sandbox(self.data, keys=()) as box:
+            return {item.name: box.members(item.id) for item in box.lists()}
+
+    def request_log(self):
+        with Sandbox(self.data, keys=()) as box:
+            return box.request_log()

@@ -158,3 +158,35 @@ def test_a_whole_float_batch_size_is_read_as_an_int(ws) -> None:
     (destination,) = load_workspace(ws.specs).destinations
     assert destination.batch_size == 5
     assert type(destination.batch_size) is int
+
+
+def test_a_merge_key_can_be_overridden_but_a_key_written_twice_cannot(ws) -> None:
+    # "<<: *base" then "base_url: ..." is how YAML merges are used, not a duplicate key
+    ws.cohort("a.csv", ["ana@example.com"])
+    ws.spec(
+        """
+        version: 1
+        destinations:
+          prod: &base
+            base_url: https://a.api.infobip.com
+            api_key_env: INFOBIP_API_KEY
+          eu:
+            <<: *base
+            base_url: https://b.api.infobip.com
+        lists:
+          churn: {destination: eu, cohorts: [cohorts/a.csv]}
+        """
+    )
+    eu = load_workspace(ws.specs).destination("eu")
+    assert (eu.base_url, eu.api_key_env) == ("https://b.api.infobip.com", "INFOBIP_API_KEY")
+
+    text = ws.specs.joinpath("main.yaml").read_text()
+    ws.specs.joinpath("main.yaml").write_text(
+        text.replace(
+            "    base_url: https://b",
+            "    base_url: https://c.api.infobip.com\n    base_url: https://b",
+        )
+    )
+    result = ws.run("validate")
+    assert result.code == 1
+    assert "specs/main.yaml:9:5: duplicate key 'base_url' (first defined on line 8)" in result.err

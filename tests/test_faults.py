@@ -13,10 +13,10 @@ from reconciler.store import StateStore
 from tests.helpers import emails
 
 KEY = "fault-key-0123456789"
-INTERVAL = 0.05
+INTERVAL = 0.08
 # Loopback arrival jitter (threads, GIL) forgiven by the sandbox; the client's own send
 # times are exact (see the fake-clock tests in test_apply.py).
-JITTER = 0.025
+JITTER = 0.04
 SPEC = """\
 version: 1
 destinations:
