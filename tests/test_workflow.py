@@ -259,3 +259,15 @@ def test_yes_on_a_terminal_confirms_state_rm(applied):
     out, err = io.StringIO(), io.StringIO()
     args = ["state", "rm", "churn", "--state", str(applied.state)]
     assert main(args, stdout=out, stderr=err, stdin=Terminal("yes\n"), env={}) == 0
+
+
+def test_recreating_the_old_name_after_state_mv_is_refused(applied):
+    applied.spec(SPEC.replace("  churn:\n", "  churn-eu:\n"))
+    assert applied.run("state", "mv", "churn", "churn-eu").code == 0
+    applied.spec(
+        SPEC.replace("  churn:\n", "  churn-eu:\n    cohorts: [cohorts/churn.csv]\n  churn:\n")
+    )
+    result = applied.run("plan")
+    assert result.code == 1
+    assert "Infobip already has a list named 'churn'" in result.err
+    assert "tracks as 'churn-eu'" in result.err
