@@ -27,7 +27,7 @@ from reconciler.plan import Plan
 from reconciler.progress import make_progress
 from reconciler.sandbox import Faults, Limits, Sandbox, serve
 from reconciler.spec import SCHEMA, Workspace, list_key
-from reconciler.store import StateStore
+from reconciler.store import ListRecord, StateStore
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -129,18 +129,15 @@ def cmd_plan(ctx: Context) -> int:
     return EXIT_OK
 
 
-def _confirm(ctx: Context) -> None:
+def _confirm(ctx: Context, question: str, without_terminal: str) -> None:
     """Ask for 'yes' on a terminal; refuse to guess when nobody can answer."""
     if not _isatty(ctx.stdin):
-        raise ReconcilerError(
-            "apply needs a 'yes' and standard input is not a terminal: review the plan "
-            "above, then run 'reconciler apply --auto-approve'"
-        )
-    ctx.err("Apply these changes? Only 'yes' is accepted.")
+        raise ReconcilerError(without_terminal)
+    ctx.err(f"{question} Only 'yes' is accepted.")
     ctx.stderr.write("  Enter a value: ")
     ctx.stderr.flush()
     if ctx.stdin.readline().strip() != "yes":
-        raise ReconcilerError("apply cancelled: nothing was sent")
+        raise ReconcilerError("cancelled: nothing was changed")
 
 
 def cmd_apply(ctx: Context) -> int:
@@ -177,7 +174,12 @@ def cmd_apply(ctx: Context) -> int:
         if plan.refused:
             raise PlanRefused(plan.refused)
         if saved is None and plan.has_changes and not args.auto_approve:
-            _confirm(ctx)
+            _confirm(
+                ctx,
+                "Apply these changes?",
+                "apply needs a 'yes' and standard input is not a terminal: review the plan "
+                "above, then run 'reconciler apply --auto-approve'",
+            )
         result = _execute(ctx, workspace, plan, store)
     if plan.has_changes or args.format == "json":
         ctx.out(render.render_apply(result, args.format, show_ids=args.show_ids))
@@ -323,16 +325,11 @@ def _open_existing_state(ctx: Context) -> StateStore:
     return store
 
 
-def _yes(ctx: Context, question: str) -> None:
-    if getattr(ctx.args, "yes", False):
-        return
-    if not _isatty(ctx.stdin):
-        raise ReconcilerError(f"{question} needs a 'yes': pass --yes to confirm")
-    ctx.err(f"{question} Only 'yes' is accepted.")
-    ctx.stderr.write("  Enter a value: ")
-    ctx.stderr.flush()
-    if ctx.stdin.readline().strip() != "yes":
-        raise ReconcilerError("cancelled: the state is unchanged")
+def _resolve(store: StateStore, name: str) -> tuple[str, ListRecord]:
+    key = engine.resolve_list(store, name)
+    record = store.record(key)
+    assert record is not None  # resolve_list found it
+    return key, record
 
 
 def cmd_state_list(ctx: Context) -> int:
@@ -382,11 +379,9 @@ def cmd_state_list(ctx: Context) -> int:
 def cmd_state_show(ctx: Context) -> int:
     args = ctx.args
     with _open_existing_state(ctx) as store:
-        key = engine.resolve_list(store, args.list)
-        record = store.record(key)
+        key, record = _resolve(store, args.list)
         members = sorted(store.members(key))
         rejected = store.rejected(key)
-    assert record is not None
     show = (lambda i: i) if args.show_ids else mask
     if args.format == "json":
         data = {
@@ -417,10 +412,13 @@ def cmd_state_show(ctx: Context) -> int:
 
 def cmd_state_rm(ctx: Context) -> int:
     with _open_existing_state(ctx) as store:
-        key = engine.resolve_list(store, ctx.args.list)
-        record = store.record(key)
-        assert record is not None
-        _yes(ctx, f"Forget {record.destination}/{record.name} (list id {record.list_id})?")
+        key, record = _resolve(store, ctx.args.list)
+        if not ctx.args.yes:
+            _confirm(
+                ctx,
+                f"Forget {record.destination}/{record.name} (list id {record.list_id})?",
+                "state rm needs a 'yes': pass --yes to confirm",
+            )
         with store.locked(timeout=ctx.args.lock_timeout):
             store.remove_list(key)
     ctx.out(
@@ -434,9 +432,7 @@ def cmd_state_rm(ctx: Context) -> int:
 def cmd_state_mv(ctx: Context) -> int:
     args = ctx.args
     with _open_existing_state(ctx) as store:
-        old = engine.resolve_list(store, args.old)
-        record = store.record(old)
-        assert record is not None
+        old, record = _resolve(store, args.old)
         destination, _, name = args.new.rpartition("/")
         destination = destination or record.destination
         if not name.strip():

@@ -49,7 +49,7 @@ def test_apply_asks_for_yes_on_a_terminal(demo, monkeypatch):
     out, err = io.StringIO(), io.StringIO()
     args = ["apply", "--specs", str(demo.specs), "--state", str(demo.state)]
     assert main(args, stdout=out, stderr=err, stdin=Terminal("no\n"), env={}) == 1
-    assert "apply cancelled: nothing was sent" in err.getvalue()
+    assert "cancelled: nothing was changed" in err.getvalue()
     out = io.StringIO()
     assert main(args, stdout=out, stderr=err, stdin=Terminal("yes\n"), env={}) == 0
     assert "Apply complete: 1 list created, 25 ids added" in out.getvalue()
