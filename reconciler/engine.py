@@ -140,7 +140,7 @@ def unchanged_lists(workspace: Workspace, store: StateStore | None) -> set[str]:
             continue
         for ref in (*spec.cohorts, *spec.exclude):
             if ref.path not in digests:
-                digests[ref.path] = cohorts.file_digest(ref.path)
+                digests[ref.path] = cohorts.file_digest(ref.path, display=ref.display)
         if input_digest(spec, digests) == record.input_digest:
             same.add(spec.key)
     return same

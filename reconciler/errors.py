@@ -50,7 +50,14 @@ class Problem:
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}:{self.column}"
         fix = f" ({self.hint})" if self.hint else ""
-        return f"{where}: {self.message}{fix}"
+        return _printable(f"{where}: {self.message}{fix}")
+
+
+def _printable(text: str) -> str:
+    """Escape control characters: input echoed into a CI log must not forge log lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class InputError(ReconcilerError):

@@ -32,6 +32,7 @@ ID_TYPES = ("email", "external_id", "phone")
 KINDS = ("create", "add", "remove")
 SANDBOX = "sandbox"
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Keys that would hold a secret if someone tried to put one in a spec.
 _SECRET_KEY = re.compile(r"(^|_)(api_?key|apikey|key|token|secret|password|authorization)$", re.I)
@@ -260,15 +261,27 @@ def load_workspace(specs: Path, *, root: Path | None = None) -> Workspace:
             loaded.append((spec_file, document))
     workspace = _build(loaded, root, problems)
     if problems:
-        raise SpecError(problems)
+        raise SpecError(map(_printable, problems))
     return workspace
 
 
+def _printable(problem: Problem) -> Problem:
+    """``problem`` with control characters escaped in its message and hint."""
+    # Messages quote keys, names and paths from the spec: a line break in one would forge
+    # lines of the CI log (a "::error ::" line is a GitHub Actions command).
+    return attrs.evolve(problem, message=_escape(problem.message), hint=_escape(problem.hint))
+
+
+def _escape(text: str) -> str:
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
 def _display(path: Path) -> str:
+    """How a path is shown in messages and plans: relative, control characters escaped."""
     try:
-        return os.path.relpath(path)
+        return _escape(os.path.relpath(path))
     except ValueError:  # another drive on Windows
-        return str(path)
+        return _escape(str(path))
 
 
 def _leads_outside(path: Path, root: Path) -> bool:
@@ -604,6 +617,15 @@ def _list(
             where.problem(
                 f"list name is {len(name)} characters; Infobip allows {MAX_LIST_NAME}",
                 "shorten it",
+            )
+        )
+        ok = False
+    elif _CONTROL.search(name):
+        # not echoed: a line break in it would forge lines of the CI log
+        problems.append(
+            where.problem(
+                "list name contains a control character (a line break, tab or escape)",
+                "use printable characters only",
             )
         )
         ok = False
