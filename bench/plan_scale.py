@@ -628,7 +628,7 @@ def _benchmark(
             flush=True,
         )
         if start is None:
-            start = interpreter_start(launcher, where, repeat)
+            start = interpreter_start(launcher, where, max(repeat, 5))  # noisy: more runs
         results.append(measure(launcher, files, repeat, problems))
         if profile:
             print(profile_plan(files, profile), flush=True)
@@ -646,7 +646,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=(
             "Time `reconciler plan --format json` on Amplitude cohorts of 100 k to 5 M ids with "
-            "5 %% churn against a seeded state, next to `sort -u` + `comm -3` of the same ids, "
+            "5 % churn against a seeded state, next to `sort -u` + `comm -3` of the same ids, "
             "and the unchanged fast path next to `sha256sum`."
         ),
         epilog=(
