@@ -28,7 +28,6 @@ from reconciler.errors import (
     Unauthorized,
 )
 from reconciler.infobip import InfobipClient
-from reconciler.masking import mask
 from reconciler.pacing import Clock, Lane, Sleep, backoff
 from reconciler.plan import ListChange, Plan
 from reconciler.spec import KINDS
@@ -470,13 +469,3 @@ def apply_plan(
         if store.needs_compaction(change.key):
             store.compact(change.key)
     return result
-
-
-def describe_rejected(result: ApplyResult, *, show_ids: bool = False) -> list[str]:
-    """One line per error type: count and masked samples."""
-    lines = []
-    for kind, count in sorted(result.rejected.items()):
-        samples = result.rejected_samples.get(kind, [])
-        shown = ", ".join(s if show_ids else mask(s) for s in samples)
-        lines.append(f"{kind}: {count:,} id{'s' if count != 1 else ''} (e.g. {shown})")
-    return lines

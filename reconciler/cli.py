@@ -17,17 +17,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from reconciler import __version__, engine, planfile, render
-from reconciler.apply import ApplyResult
 from reconciler.errors import PlanRefused, ReconcilerError
 from reconciler.masking import mask
 from reconciler.plan import Plan
-from reconciler.progress import make_progress
-from reconciler.sandbox import Faults, Limits, Sandbox, serve
 from reconciler.spec import SCHEMA, Workspace, list_key
 from reconciler.store import ListRecord, StateStore
+
+if TYPE_CHECKING:
+    from reconciler.apply import ApplyResult
+
+# The HTTP client, the sandbox and the live display are imported by the commands that
+# use them: the offline commands (validate, plan, show) start faster without them.
 
 EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -192,14 +195,17 @@ def cmd_apply(ctx: Context) -> int:
 
 def _execute(ctx: Context, workspace: Workspace, plan: Plan, store: StateStore) -> ApplyResult:
     """Send the plan's requests with progress on stderr; close every client after."""
-    targets, sandboxes = engine.make_targets(
+    from reconciler import targets as wiring
+    from reconciler.progress import make_progress
+
+    targets, sandboxes = wiring.make_targets(
         workspace, plan, ctx.env, state_dir=ctx.state_dir, timeout=_http_timeout(ctx.env)
     )
     progress = make_progress(
         plan, ctx.stderr, live=_isatty(ctx.stderr), color="NO_COLOR" not in ctx.env
     )
     try:
-        return engine.run_apply(plan, store, targets, on_event=progress, stop=threading.Event())
+        return wiring.run_apply(plan, store, targets, on_event=progress, stop=threading.Event())
     finally:
         progress.close()
         for target in {id(t): t for t in targets.values()}.values():
@@ -234,15 +240,21 @@ def cmd_show(ctx: Context) -> int:
 
 
 def _sandbox_keys(env: dict[str, str]) -> list[str]:
+    from reconciler.targets import SANDBOX_KEY
+
     raw = env.get("RECONCILER_SANDBOX_KEYS", "")
-    return [k.strip() for k in raw.split(",") if k.strip()] or [engine.SANDBOX_KEY]
+    return [k.strip() for k in raw.split(",") if k.strip()] or [SANDBOX_KEY]
 
 
 def _sandbox_dir(ctx: Context) -> Path:
-    return Path(ctx.args.data) if ctx.args.data else engine.sandbox_dir(ctx.state_dir, ctx.env)
+    from reconciler.targets import sandbox_dir
+
+    return Path(ctx.args.data) if ctx.args.data else sandbox_dir(ctx.state_dir, ctx.env)
 
 
 def cmd_sandbox_serve(ctx: Context) -> int:
+    from reconciler.sandbox import Faults, Limits, Sandbox, serve
+
     args = ctx.args
     try:
         limits = Limits.parse(args.limits) if args.limits else Limits()
@@ -271,6 +283,8 @@ def cmd_sandbox_serve(ctx: Context) -> int:
 
 
 def cmd_sandbox_show(ctx: Context) -> int:
+    from reconciler.sandbox import Sandbox
+
     args = ctx.args
     with Sandbox(_sandbox_dir(ctx), keys=()) as box:
         lists = box.lists()
@@ -888,4 +902,12 @@ def _configure_logging(stream: IO[str], *, verbose: int) -> None:
 
 def entry() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    code = main()
+    # Freeing millions of ids one by one at exit can take longer than a plan's own
+    # work at that scale. Everything is written, flushed and closed by now.
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        code = code or EXIT_ERROR
+    os._exit(code)

@@ -479,6 +479,8 @@ def _csv_problem(detail: str) -> tuple[str, str]:
 
 def desired_ids(cohorts: Sequence[CohortRead], exclude: Sequence[CohortRead]) -> frozenset[str]:
     """Return the union of the ids of ``cohorts`` minus the union of those of ``exclude``."""
+    if len(cohorts) == 1 and not exclude:
+        return cohorts[0].ids  # the common case: no copy of a million-entry set
     union: set[str] = set()
     for cohort in cohorts:
         union |= cohort.ids

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from reconciler.apply import ApplyResult, describe_rejected
 from reconciler.masking import mask
 from reconciler.plan import ListChange, Orphan, Plan
+
+if TYPE_CHECKING:  # rendering a result needs no HTTP client loaded
+    from reconciler.apply import ApplyResult
 
 FORMAT_VERSION = 1
 SAMPLE = 5  # ids shown per direction and list
@@ -427,3 +429,13 @@ def apply_markdown(result: ApplyResult, *, limit: int | None = None) -> str:
         f"- {_md_escape(line.strip())}" if line.startswith("  ") else line for line in lines[1:]
     ]
     return fit_markdown(head, body, limit)
+
+
+def describe_rejected(result: ApplyResult, *, show_ids: bool = False) -> list[str]:
+    """One line per error type: count and masked samples."""
+    lines = []
+    for kind, count in sorted(result.rejected.items()):
+        samples = result.rejected_samples.get(kind, [])
+        shown = ", ".join(s if show_ids else mask(s) for s in samples)
+        lines.append(f"{kind}: {count:,} id{'s' if count != 1 else ''} (e.g. {shown})")
+    return lines

@@ -277,20 +277,24 @@ class StateStore:
         gen = record.sets.get(name, {}).get("gen", 0)
         return f"set/{record.key}/{name}/{gen}"
 
-    def _load_set(self, record: ListRecord, name: str) -> set[str]:
+    def _load_frozen(self, record: ListRecord, name: str) -> frozenset[str]:
+        """A set built once: base and deltas, without copying a large set again."""
         info = record.sets.get(name)
         if not info:
-            return set()
+            return frozenset()
         prefix = self._set_prefix(record, name)
         with self._guard():
-            items = set(_unpack(self._cache[f"{prefix}/base"]))
+            base = _unpack(self._cache[f"{prefix}/base"])
+            if not info.get("deltas", 0):
+                return frozenset(base)
+            items = set(base)
             for seq in range(info.get("deltas", 0)):
                 op, *delta = _unpack(self._cache[f"{prefix}/{seq}"])
                 if op == "+":
                     items.update(delta)
                 else:
                     items.difference_update(delta)
-        return items
+        return frozenset(items)
 
     def _append(self, record: ListRecord, name: str, op: str, items: Collection[str]) -> ListRecord:
         """Write one delta (inside a transaction) and return the updated record."""
@@ -338,15 +342,15 @@ class StateStore:
         with self._guard():
             return ListRecord.from_json(text)
 
-    def members(self, key: str) -> set[str]:
+    def members(self, key: str) -> frozenset[str]:
         record = self.record(key)
-        return self._load_set(record, MEMBERS) if record else set()
+        return self._load_frozen(record, MEMBERS) if record else frozenset()
 
     def rejected(self, key: str) -> dict[str, str]:
         record = self.record(key)
         if record is None:
             return {}
-        return dict(item.split("\t", 1) for item in self._load_set(record, REJECTED))
+        return dict(item.split("\t", 1) for item in self._load_frozen(record, REJECTED))
 
     def list_state(self, key: str) -> ListState | None:
         record = self.record(key)
@@ -355,11 +359,9 @@ class StateStore:
         return self._list_state(record)
 
     def _list_state(self, record: ListRecord) -> ListState:
-        rejected = dict(i.split("\t", 1) for i in self._load_set(record, REJECTED))
-        pending = (
-            frozenset(self._load_set(record, PENDING)) if record.pending_count else frozenset()
-        )
-        return ListState(record, frozenset(self._load_set(record, MEMBERS)), rejected, pending)
+        rejected = dict(i.split("\t", 1) for i in self._load_frozen(record, REJECTED))
+        pending = self._load_frozen(record, PENDING) if record.pending_count else frozenset()
+        return ListState(record, self._load_frozen(record, MEMBERS), rejected, pending)
 
     def snapshot(self, keys: Iterable[str] | None = None) -> Snapshot:
         """The whole state (or the lists in ``keys``) as immutable values."""
@@ -476,7 +478,7 @@ class StateStore:
         counts = {}
         with self._transaction():
             for name in (MEMBERS, REJECTED, PENDING):
-                items = self._load_set(record, name)
+                items = self._load_frozen(record, name)
                 counts[name] = len(items)
                 if record.sets.get(name, {}).get("deltas", 0):
                     record = self._write_base(record, name, items)
@@ -509,8 +511,11 @@ class StateStore:
             if self.record(new) is not None:
                 raise StateError(f"the state already has a list {new!r}")
             record = self._require(old)
-            members, rejected = self._load_set(record, MEMBERS), self._load_set(record, REJECTED)
-            pending = self._load_set(record, PENDING)
+            members, rejected = (
+                self._load_frozen(record, MEMBERS),
+                self._load_frozen(record, REJECTED),
+            )
+            pending = self._load_frozen(record, PENDING)
             for set_name, info in record.sets.items():
                 self._drop_generation(old, set_name, info)
             self._cache.delete(f"list/{old}")
