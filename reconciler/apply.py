@@ -399,6 +399,13 @@ def housekeep(store: StateStore, plan: Plan, clock: Clock) -> None:
             finish_list(store, change, clock)
 
 
+def _run_lane(run: _LaneRun, done: threading.Event) -> None:
+    try:
+        run.run()
+    finally:
+        done.set()
+
+
 def apply_plan(
     plan: Plan,
     store: StateStore,
@@ -451,18 +458,20 @@ def apply_plan(
         for target, changes in lanes.values()
     ]
     # Lanes always run in worker threads: a Ctrl-C reaches only this thread,
-    # which then lets each lane finish and commit its request in flight.
-    threads = [threading.Thread(target=run.run, name="lane", daemon=True) for run in runs]
-    for thread in threads:
-        thread.start()
+    # which then lets each lane finish and commit its request in flight. Each
+    # lane signals its own end: Thread.join() interrupted by a Ctrl-C can
+    # wrongly report a live thread as finished (CPython bpo-45274).
+    finished = [threading.Event() for _ in runs]
+    for run, done in zip(runs, finished, strict=True):
+        threading.Thread(target=_run_lane, args=(run, done), name="lane", daemon=True).start()
     try:
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.1)
+        for done in finished:
+            while not done.wait(0.1):
+                pass
     except KeyboardInterrupt:
         stop.set()
-        for thread in threads:
-            thread.join()
+        for done in finished:
+            done.wait()
     result.interrupted = stop.is_set() and bool(result.remaining)
     # Compaction costs O(list size): done once the lanes are idle, never between requests.
     for change in plan.changes:

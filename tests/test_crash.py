@@ -113,3 +113,20 @@ def test_two_keys_run_concurrently_and_one_key_shares_a_lane(tmp_path):
     times = sorted(r.time for r in shared)
     assert min(b - a for a, b in itertools.pairwise(times)) >= 0.1 - 0.02
     assert all(r.status == 200 for r in apart + shared)
+
+
+def test_ctrl_c_commits_the_request_in_flight_and_exits_130(fast):
+    fast.cohorts(emails(0, 200), emails(500, 600))
+    proc = fast.start("apply", "--auto-approve")
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Apply interrupted after the request in flight" in out
+    assert "Not applied yet" in out
+    assert "Traceback" not in err
+    claims_hold(fast)
+    with StateStore(fast.root / "state") as store:
+        assert store.lock_info() is None  # released on the way out
+    fast.run("apply", "--auto-approve")
+    assert "No changes." in fast.run("plan").stdout

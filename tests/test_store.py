@@ -184,3 +184,15 @@ def test_a_torn_database_file_is_reported(tmp_path):
     db.write_bytes(db.read_bytes()[: db.stat().st_size // 2])
     with pytest.raises(StateCorrupt, match="Restore it from a backup"), StateStore(directory) as s:
         s.snapshot()
+
+
+def test_a_lock_from_another_host_is_never_taken_over(store):
+    import json
+
+    foreign = {"id": "abc123", "pid": 999_999_999, "host": "ci-runner-7", "started": 0.0}
+    store._cache.set("lock", json.dumps(foreign))
+    with pytest.raises(LockHeld, match="held by pid 999999999 on ci-runner-7") as info:
+        store.acquire_lock()
+    assert "reconciler force-unlock abc123" in str(info.value)
+    store.force_unlock("abc123")
+    store.release_lock(store.acquire_lock())
