@@ -20,7 +20,6 @@ timings are printed, never asserted; it exits 1 only when the state ends up wron
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
+from sizes import size_list  # bench/ is on sys.path when a script runs
 
 from reconciler.spec import list_key
 from reconciler.store import StateStore
@@ -155,21 +155,6 @@ def report(results: Sequence[SizeFigures], batch: int, repeat: int) -> str:
 # --- the benchmark -------------------------------------------------------------------
 
 
-def parse_size(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 10k, 1m, 250000)")
-    factor = {"": 1, "k": 1000, "m": 1_000_000}[match.group(2).lower()]
-    size = int(float(match.group(1)) * factor)
-    if size < 1:
-        raise argparse.ArgumentTypeError(f"size {text!r}: a list needs at least one member")
-    return size
-
-
-def parse_sizes(text: str) -> list[int]:
-    return sorted({parse_size(part) for part in text.split(",") if part.strip()})
-
-
 def benchmark(root: Path, sizes: Sequence[int], batch: int, repeat: int) -> int:
     results = []
     for size in sizes:
@@ -200,8 +185,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sizes",
-        type=parse_sizes,
-        default=parse_sizes(DEFAULT_SIZES),
+        type=size_list(1),
+        default=size_list(1)(DEFAULT_SIZES),
         metavar="LIST",
         help=f"comma-separated list sizes, k and m suffixes allowed (default {DEFAULT_SIZES})",
     )

@@ -59,6 +59,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import attrs
+from sizes import size_list  # bench/ is on sys.path when a script runs
 
 from reconciler import cohorts, engine
 from reconciler.cli import main as reconciler_main
@@ -569,21 +570,6 @@ def _linearity(results: Sequence[Figures], start: Run) -> str:
 # --- the benchmark -------------------------------------------------------------------
 
 
-def parse_size(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmM]?)\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 100k, 1m, 250000)")
-    factor = {"": 1, "k": 1000, "m": 1_000_000}[match.group(2).lower()]
-    size = int(float(match.group(1)) * factor)
-    if size < CHURN_EVERY:
-        raise argparse.ArgumentTypeError(f"size {text!r} is too small (at least {CHURN_EVERY})")
-    return size
-
-
-def parse_sizes(text: str) -> list[int]:
-    return sorted({parse_size(part) for part in text.split(",") if part.strip()})
-
-
 def check_resources(root: Path, sizes: Sequence[int], keep: bool) -> str | None:
     """A reason not to start, when disk (or memory) is clearly short; None when fine."""
     per_id_bytes = 2 * 80 + 40 + 2 * 30  # two CSVs, the id list, two states (compressed)
@@ -660,8 +646,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--sizes",
-        type=parse_sizes,
-        default=parse_sizes(DEFAULT_SIZES),
+        type=size_list(CHURN_EVERY),
+        default=size_list(CHURN_EVERY)(DEFAULT_SIZES),
         metavar="LIST",
         help=f"comma-separated cohort sizes, k and m suffixes allowed (default {DEFAULT_SIZES})",
     )

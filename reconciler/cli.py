@@ -68,6 +68,18 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _build_plan(
+    args: argparse.Namespace, workspace: Workspace, store: StateStore | None, everything: Workspace
+) -> Plan:
+    return engine.build_plan(
+        workspace,
+        store,
+        allow_mass_removal=args.allow_mass_removal,
+        retry_rejected=args.retry_rejected,
+        all_lists=everything,
+    )
+
+
 def cmd_plan(ctx: Context) -> int:
     args = ctx.args
     everything = engine.load(ctx.specs)
@@ -76,13 +88,7 @@ def cmd_plan(ctx: Context) -> int:
     inputs = planfile.current_inputs(workspace) if args.out else {}
     store = engine.open_state(ctx.state_dir, create=False)
     try:
-        plan = engine.build_plan(
-            workspace,
-            store,
-            allow_mass_removal=args.allow_mass_removal,
-            retry_rejected=args.retry_rejected,
-            all_lists=everything,
-        )
+        plan = _build_plan(args, workspace, store, everything)
     finally:
         if store is not None:
             store.close()
@@ -121,13 +127,7 @@ def cmd_apply(ctx: Context) -> int:
             planfile.check_fresh(saved, lineage=store.lineage, serial=store.serial, inputs=current)
             plan = saved.plan
         else:
-            plan = engine.build_plan(
-                workspace,
-                store,
-                allow_mass_removal=args.allow_mass_removal,
-                retry_rejected=args.retry_rejected,
-                all_lists=everything,
-            )
+            plan = _build_plan(args, workspace, store, everything)
         if args.format == "text":
             ctx.out(render.render_plan(plan, "text", show_ids=args.show_ids, color=ctx.color))
         if plan.refused:
