@@ -14,7 +14,7 @@ from pathlib import Path
 import attrs
 
 from reconciler import cohorts
-from reconciler.errors import Problem, ReconcilerError, SpecError
+from reconciler.errors import Problem, ReconcilerError, SpecError, StateError
 from reconciler.plan import DesiredList, Plan, make_plan
 from reconciler.spec import (
     ListSpec,
@@ -136,7 +136,15 @@ def unchanged_lists(workspace: Workspace, store: StateStore | None) -> set[str]:
 
 
 def open_state(directory: Path, *, create: bool) -> StateStore | None:
-    """Open the state; without ``create`` a state that does not exist yet is None."""
+    """Open the state; without ``create`` a state that does not exist yet is None.
+
+    Raises StateError when the path exists but is not a directory.
+    """
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise StateError(
+            f"the state path {directory} is not a directory; pass --state DIR "
+            "(or set RECONCILER_STATE) to the state directory"
+        )
     if not create and not StateStore.exists(directory):
         return None
     return StateStore(directory)

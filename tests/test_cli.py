@@ -172,3 +172,11 @@ def test_every_command_has_help_text_with_an_example():
         text = parser.format_help()
         assert parser.description, f"{name} has no description"
         assert "examples:\n  reconciler " in text, f"{name} has no example"
+
+
+def test_a_state_path_that_is_a_file_is_an_error(churn):
+    (churn.root / "statefile").write_text("not a state")
+    for command in ("plan", "apply"):
+        result = churn.run(command, "--state", str(churn.root / "statefile"))
+        assert result.code == 1
+        assert "is not a directory" in result.err
