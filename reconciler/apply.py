@@ -386,7 +386,8 @@ def finish_list(store: StateStore, change: ListChange, clock: Clock) -> None:
     if change.reason == "prune":
         changes["status"] = "pruned"
     else:
-        changes["input_digest"] = change.input_digest
+        # A pruned list named by the specs again is back in use.
+        changes.update(input_digest=change.input_digest, status="active")
     store.update(change.key, **changes)
 
 

@@ -271,3 +271,25 @@ def test_recreating_the_old_name_after_state_mv_is_refused(applied):
     assert result.code == 1
     assert "Infobip already has a list named 'churn'" in result.err
     assert "tracks as 'churn-eu'" in result.err
+
+
+def test_a_pruned_list_that_returns_is_reused_and_active(applied):
+    applied.spec(
+        SPEC.replace("    batch_size: 10\n", "    batch_size: 10\n    prune: true\n").replace(
+            "  power:\n    cohorts: [cohorts/power.csv]\n", ""
+        )
+    )
+    result = applied.run("apply", "--auto-approve", "--allow-mass-removal")
+    assert result.code == 0, result.err
+    assert "prune: remove 12 ids" in result.out
+    with StateStore(applied.state) as store:
+        record = store.record("demo/power")
+        assert (record.status, len(store.members("demo/power"))) == ("pruned", 0)
+        list_id = record.list_id
+    applied.spec(SPEC)
+    result = applied.run("apply", "--auto-approve")
+    assert "create" not in result.out.split("Plan:")[0]
+    with StateStore(applied.state) as store:
+        record = store.record("demo/power")
+        assert (record.status, record.list_id, record.member_count) == ("active", list_id, 12)
+    assert "No changes." in applied.run("plan").out
