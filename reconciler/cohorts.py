@@ -204,7 +204,7 @@ def _open_raw(path: Path, display: str) -> io.RawIOBase:
         if path.is_dir():
             # checked first: on some systems opening a directory is a PermissionError
             raise IsADirectoryError
-        return path.open("rb", buffering=0)  # type: ignore[return-value]
+        return path.open("rb", buffering=0)
     except (FileNotFoundError, NotADirectoryError):
         raise CohortError(
             display,

@@ -16,11 +16,7 @@ import attrs
 from reconciler import cohorts
 from reconciler.errors import Problem, ReconcilerError, SpecError, StateError
 from reconciler.plan import DesiredList, Plan, make_plan
-from reconciler.spec import (
-    ListSpec,
-    Workspace,
-    load_workspace,
-)
+from reconciler.spec import CohortRef, ListSpec, Workspace, load_workspace
 from reconciler.store import Snapshot, StateStore
 
 SAMPLE_SIZE = 20
@@ -87,7 +83,7 @@ def read_desired(specs: Iterable[ListSpec]) -> dict[str, DesiredList]:
     """
     reads: dict[tuple[Path, str, str], cohorts.CohortRead] = {}
 
-    def read(ref, spec: ListSpec) -> cohorts.CohortRead:  # type: ignore[no-untyped-def]
+    def read(ref: CohortRef, spec: ListSpec) -> cohorts.CohortRead:
         slot = (ref.path, spec.id_column, spec.id_type)
         if slot not in reads:
             reads[slot] = cohorts.read_cohort(

@@ -235,10 +235,10 @@ def _diff_list(
     desired = wanted.ids
     if retry_rejected:
         forget = rejected
-        blocked: Collection[str] = ()
+        blocked: frozenset[str] = frozenset()
     else:
         forget = {i: t for i, t in rejected.items() if i not in desired}
-        blocked = rejected.keys()
+        blocked = frozenset(rejected)
     add = desired - known
     skipped_rejected = len(add & blocked) if blocked else 0
     if skipped_rejected:

@@ -399,7 +399,7 @@ def _bool(value: Any, where: str) -> bool:
 def _number(value: Any, where: str) -> float:
     if type(value) not in (int, float):
         raise _Invalid(f"{where} must be a number")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _strings(value: Any, where: str) -> tuple[str, ...]:

@@ -38,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 import attrs
@@ -441,7 +441,19 @@ class Sandbox:
                 "SELECT time, key_fingerprint, kind, list_id, status, ids, fault, applied "
                 "FROM requests ORDER BY seq"
             ).fetchall()
-        return [RequestRecord(*row[:7], applied=bool(row[7])) for row in rows]
+        return [
+            RequestRecord(
+                time=row[0],
+                key_fingerprint=row[1],
+                kind=row[2],
+                list_id=row[3],
+                status=row[4],
+                ids=row[5],
+                fault=row[6],
+                applied=bool(row[7]),
+            )
+            for row in rows
+        ]
 
     def transport(self) -> httpx.BaseTransport:
         """An httpx transport that calls this app in-process: no socket, no thread.
@@ -816,6 +828,7 @@ class _ServerHandler(ServerHandler):
     """wsgiref's handler that can drop a connection and logs instead of printing."""
 
     dropped = False
+    request_handler: Any = None
 
     def handle_error(self) -> None:
         if isinstance(sys.exc_info()[1], _ConnectionDropped):
@@ -837,11 +850,18 @@ class _RequestHandler(WSGIRequestHandler):
             return
         if not self.parse_request():
             return
+        # typeshed wants IO[bytes] and a full error stream; buffers and write/flush serve
         handler = _ServerHandler(
-            self.rfile, self.wfile, _NullWriter(), self.get_environ(), multithread=True
+            cast(Any, self.rfile),
+            cast(Any, self.wfile),
+            cast(Any, _NullWriter()),
+            self.get_environ(),
+            multithread=True,
         )
         handler.request_handler = self
-        handler.run(self.server.get_app())
+        app = cast(WSGIServer, self.server).get_app()
+        assert app is not None  # set by serve() before the first request
+        handler.run(app)
         if handler.dropped:
             self.close_connection = True
 
@@ -864,7 +884,8 @@ class _ThreadingWSGIServer(socketserver.ThreadingMixIn, WSGIServer):
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup that can stall.
         socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
         self.setup_environ()
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -901,7 +922,7 @@ class SandboxServer:
         self.sandbox = sandbox
         self._server = _ThreadingWSGIServer((host, port))
         self._server.set_app(sandbox)
-        bound_host, bound_port = self._server.server_address[:2]
+        bound_host, bound_port = map(str, self._server.server_address[:2])
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         self.url = f"http://{shown}:{bound_port}"
         self._state_lock = threading.Lock()

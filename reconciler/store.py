@@ -493,9 +493,9 @@ class StateStore:
 
     def needs_compaction(self, key: str) -> bool:
         record = self.record(key)
-        return bool(record) and any(
-            info.get("deltas", 0) >= COMPACT_AFTER for info in record.sets.values()
-        )
+        if record is None:
+            return False
+        return any(info.get("deltas", 0) >= COMPACT_AFTER for info in record.sets.values())
 
     def remove_list(self, key: str) -> None:
         """Forget a list entirely (Infobip is untouched)."""

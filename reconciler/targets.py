@@ -109,6 +109,8 @@ def run_apply(
     clock: Callable[[], float] = time.time,
 ) -> ApplyResult:
     """Apply ``plan`` with real time; ``stop`` ends it after the requests in flight."""
-    return apply_plan(
-        plan, store, targets, clock=clock, sleep=stop.wait, on_event=on_event, stop=stop
-    )
+
+    def sleep(seconds: float) -> None:
+        stop.wait(seconds)  # a stop wakes the lane at once instead of after the interval
+
+    return apply_plan(plan, store, targets, clock=clock, sleep=sleep, on_event=on_event, stop=stop)

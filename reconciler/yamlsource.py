@@ -82,7 +82,7 @@ class _Loader(yaml.SafeLoader):
         self.aliases = 0
         self.first_alias: yaml.Mark | None = None
 
-    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+    def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             self.aliases += 1
             self.first_alias = self.first_alias or self.peek_event().start_mark
@@ -94,7 +94,7 @@ class _Loader(yaml.SafeLoader):
                 )
         return super().compose_node(parent, index)
 
-    def construct_document(self, node):  # type: ignore[no-untyped-def]
+    def construct_document(self, node):
         expanded, written = _sizes(node)
         if expanded - written > MAX_ALIAS_EXPANSION:
             raise _Refused(
@@ -104,7 +104,7 @@ class _Loader(yaml.SafeLoader):
             )
         return super().construct_document(node)
 
-    def construct_object(self, node, deep=False):  # type: ignore[no-untyped-def]
+    def construct_object(self, node, deep=False):
         if node in self.recursive_objects:
             raise _Refused(
                 "an alias (*name) refers to the mapping or list that contains it",
@@ -131,7 +131,7 @@ class _Loader(yaml.SafeLoader):
         # an explicit !!map or !!seq tag can sit on the other kind of node
         if not isinstance(node, kind):
             raise _Refused(
-                f"{_short(node.tag)} expects {what}, but found a {node.id}",
+                f"{_short(node.tag)} expects {what}, but found a {node.id}",  # type: ignore[attr-defined]
                 node.start_mark,
                 "remove the tag",
             )
