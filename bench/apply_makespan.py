@@ -292,9 +292,12 @@ def sandbox_dir(root: Path) -> Path:
     return root / "state" / "sandbox"
 
 
-def run_apply(root: Path, env: Mapping[str, str], log_name: str) -> ApplyRun:
-    """``python -m reconciler apply`` in ``root``, timed from launch to exit."""
-    argv = [sys.executable, "-m", "reconciler", "apply", "--auto-approve", "--format", "json"]
+def run_apply(
+    root: Path, env: Mapping[str, str], log_name: str, planfile: str | None = None
+) -> ApplyRun:
+    """``python -m reconciler apply [PLANFILE]`` in ``root``, timed from launch to exit."""
+    argv = [sys.executable, "-m", "reconciler", "apply", "--format", "json"]
+    argv += [planfile] if planfile else ["--auto-approve"]
     argv += ["--specs", "specs", "--state", "state"]
     launched = time.time()
     start = time.perf_counter()
@@ -491,7 +494,7 @@ def _failed(what: str, run: ApplyRun) -> int:
     return 1
 
 
-def benchmark(scenario: Scenario, root: Path) -> int:
+def benchmark(scenario: Scenario, root: Path, *, saved_plan: bool = False) -> int:
     env = environment(root, scenario)
     start = desired(scenario, 1)
     wanted = desired(scenario, 2)
@@ -517,7 +520,19 @@ def benchmark(scenario: Scenario, root: Path) -> int:
     began = time.perf_counter()
     write_workspace(root, scenario, 2)
     print(f"phase 2 workload written in {time.perf_counter() - began:.1f} s; applying...")
-    run = run_apply(root, env, "apply-phase2.log")
+    planfile = None
+    if saved_plan:
+        # The CI workflow: the plan is made (and reviewed) first, then applied exactly.
+        argv = [sys.executable, "-m", "reconciler", "plan", "--out", "plan.bin"]
+        argv += ["--format", "json", "--specs", "specs", "--state", "state"]
+        began = time.perf_counter()
+        made = subprocess.run(argv, cwd=root, env=dict(env), capture_output=True, text=True)
+        if made.returncode != 0:
+            print(made.stderr, file=sys.stderr)
+            return 1
+        print(f"plan --out plan.bin (untimed): {time.perf_counter() - began:.2f} s")
+        planfile = "plan.bin"
+    run = run_apply(root, env, "apply-phase2.log", planfile)
     if not run.ok:
         return _failed("phase 2 apply", run)
 
@@ -544,6 +559,7 @@ def make_parser() -> argparse.ArgumentParser:
         epilog=(
             "examples:\n"
             "  .venv/bin/python bench/apply_makespan.py\n"
+            "  .venv/bin/python bench/apply_makespan.py --large --saved-plan\n"
             "  .venv/bin/python bench/apply_makespan.py --large --keep /tmp/bench-large"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -552,6 +568,11 @@ def make_parser() -> argparse.ArgumentParser:
         "--large",
         action="store_true",
         help="1,000,000 adds and 100,000 removes over three lists on two keys (about 30 s)",
+    )
+    parser.add_argument(
+        "--saved-plan",
+        action="store_true",
+        help="time `apply plan.bin` of a plan saved beforehand, as the CI workflow does",
     )
     parser.add_argument(
         "--keep",
@@ -568,12 +589,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenario = large_scenario() if args.large else default_scenario()
     if args.keep is None:
         with tempfile.TemporaryDirectory(prefix="reconciler-bench-") as tmp:
-            return benchmark(scenario, Path(tmp))
+            return benchmark(scenario, Path(tmp), saved_plan=args.saved_plan)
     root = args.keep.resolve()
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         parser.error(f"--keep {root}: not an empty directory")
     root.mkdir(parents=True, exist_ok=True)
-    code = benchmark(scenario, root)
+    code = benchmark(scenario, root, saved_plan=args.saved_plan)
     print(f"workspace kept in {root}")
     return code
 
