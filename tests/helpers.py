@@ -161,3 +161,21 @@ lists:
     def request_log(self):
         with Sandbox(self.data, keys=()) as box:
             return box.request_log()
+
+
+def wait_until(predicate, timeout: float = 30.0, what: str = "a condition") -> None:
+    """Poll ``predicate`` until it holds: no fixed sleeps that a slow CI machine outruns."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def requests_sent(project: Project) -> int:
+    """How many list requests the served sandbox has received so far."""
+    if not (project.data / "sandbox.db").exists():
+        return 0
+    return sum(1 for r in project.request_log() if r.kind in ("create", "add", "remove"))

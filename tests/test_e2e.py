@@ -5,13 +5,12 @@ from __future__ import annotations
 import itertools
 import json
 import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from reconciler.store import StateStore
-from tests.helpers import KEY, Project, emails
+from tests.helpers import KEY, Project, emails, requests_sent, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -75,7 +74,7 @@ def test_killed_apply_converges_on_rerun(project):
     churn, power = emails(0, 200), emails(1000, 1100)
     project.cohorts(churn, power)
     proc = project.start("apply", "--auto-approve")
-    time.sleep(1.2)  # a few paced requests in
+    wait_until(lambda: requests_sent(project) >= 5, what="a few paced requests")
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
 
@@ -97,7 +96,7 @@ def test_killed_apply_converges_on_rerun(project):
 def test_second_apply_is_refused_while_the_first_holds_the_lock(project):
     project.cohorts(emails(0, 100), emails(1000, 1050))
     first = project.start("apply", "--auto-approve")
-    time.sleep(0.8)
+    wait_until(lambda: requests_sent(project) >= 2, what="the first apply to send")
     second = project.run("apply", "--auto-approve", check=False)
     assert second.returncode == 1
     assert "the state is locked" in second.stderr and "held by pid" in second.stderr
