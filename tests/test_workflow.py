@@ -293,3 +293,17 @@ def test_a_pruned_list_that_returns_is_reused_and_active(applied):
         record = store.record("demo/power")
         assert (record.status, record.list_id, record.member_count) == ("active", list_id, 12)
     assert "No changes." in applied.run("plan").out
+
+
+def test_the_ci_examples_are_valid_yaml_with_plan_and_apply_jobs():
+    import pathlib
+
+    import yaml
+
+    examples = pathlib.Path(__file__).parents[1] / "examples"
+    github = yaml.safe_load((examples / "github-actions.yml").read_text())
+    assert set(github["jobs"]) == {"plan", "apply"}
+    assert "secrets.INFOBIP_API_KEY" in str(github["jobs"]["apply"])
+    assert "secrets" not in str(github["jobs"]["plan"])  # plans need no key (forks can plan)
+    gitlab = yaml.safe_load((examples / "gitlab-ci.yml").read_text())
+    assert {"plan", "apply"} <= set(gitlab)
