@@ -69,7 +69,11 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _build_plan(
-    args: argparse.Namespace, workspace: Workspace, store: StateStore | None, everything: Workspace
+    args: argparse.Namespace,
+    workspace: Workspace,
+    store: StateStore | None,
+    everything: Workspace,
+    digests: dict[Path, str] | None = None,
 ) -> Plan:
     return engine.build_plan(
         workspace,
@@ -77,6 +81,7 @@ def _build_plan(
         allow_mass_removal=args.allow_mass_removal,
         retry_rejected=args.retry_rejected,
         all_lists=everything,
+        digests=digests,
     )
 
 
@@ -85,10 +90,11 @@ def cmd_plan(ctx: Context) -> int:
     everything = engine.load(ctx.specs)
     workspace = engine.select(everything, args.target, args.exclude)
     # Digested before planning: a file that changes meanwhile makes the saved plan stale.
-    inputs = planfile.current_inputs(workspace) if args.out else {}
+    digests: dict[Path, str] = {}  # each cohort file hashed once, for --out and the fast path
+    inputs = planfile.current_inputs(workspace, digests) if args.out else {}
     store = engine.open_state(ctx.state_dir, create=False)
     try:
-        plan = _build_plan(args, workspace, store, everything)
+        plan = _build_plan(args, workspace, store, everything, digests)
     finally:
         if store is not None:
             store.close()

@@ -242,6 +242,13 @@ def file_digest(path: Path, *, display: str | None = None) -> str:
     return "sha256:" + reader.sha256.hexdigest()
 
 
+def cached_digest(cache: dict[Path, str], path: Path, *, display: str | None = None) -> str:
+    """``file_digest`` of ``path``, hashed at most once per ``cache``."""
+    if path not in cache:
+        cache[path] = file_digest(path, display=display)
+    return cache[path]
+
+
 def _read_failed(display: str, exc: OSError) -> CohortError:
     return CohortError(
         display,

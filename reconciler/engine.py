@@ -112,20 +112,25 @@ def read_desired(specs: Iterable[ListSpec]) -> dict[str, DesiredList]:
     return result
 
 
-def unchanged_lists(workspace: Workspace, store: StateStore | None) -> set[str]:
-    """Lists whose inputs hash to what was last applied in full: no need to read them."""
+def unchanged_lists(
+    workspace: Workspace, store: StateStore | None, digests: dict[Path, str] | None = None
+) -> set[str]:
+    """Lists whose inputs hash to what was last applied in full: no need to read them.
+
+    ``digests`` caches file digests already taken (and takes new ones), so a file is
+    hashed once per command.
+    """
     if store is None:
         return set()
     records = store.records()
-    digests: dict[Path, str] = {}
+    digests = {} if digests is None else digests
     same = set()
     for spec in workspace.lists:
         record = records.get(spec.key)
         if record is None or record.status != "active" or not record.input_digest:
             continue
         for ref in (*spec.cohorts, *spec.exclude):
-            if ref.path not in digests:
-                digests[ref.path] = cohorts.file_digest(ref.path, display=ref.display)
+            cohorts.cached_digest(digests, ref.path, display=ref.display)
         if input_digest(spec, digests) == record.input_digest:
             same.add(spec.key)
     return same
@@ -156,6 +161,7 @@ def build_plan(
     allow_mass_removal: bool = False,
     retry_rejected: bool = False,
     all_lists: Workspace | None = None,
+    digests: dict[Path, str] | None = None,
 ) -> Plan:
     """Read what is needed and diff it against the state.
 
@@ -164,7 +170,7 @@ def build_plan(
     not mistaken for orphans.
     """
     everything = all_lists or workspace
-    unchanged = set() if retry_rejected else unchanged_lists(workspace, store)
+    unchanged = set() if retry_rejected else unchanged_lists(workspace, store, digests)
     to_read = [spec for spec in workspace.lists if spec.key not in unchanged]
     desired = read_desired(to_read)
     if store is None:

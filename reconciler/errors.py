@@ -13,7 +13,6 @@ sqlite) are mapped to this tree once, at the module that meets them.
     │   └── LockHeld               another run holds the lock
     ├── PlanRefused                the plan failed a safety check
     ├── PlanFileError              a saved plan cannot be applied
-    ├── ApplyFailed                some requests of an apply failed
     └── InfobipError               the API said no, or could not be reached
         ├── Unauthorized           401: wrong or missing key
         ├── TagNotFound            400 TAG_NOT_FOUND: the list is gone
@@ -114,10 +113,6 @@ class PlanRefused(ReconcilerError):
 
 class PlanFileError(ReconcilerError):
     """A saved plan file is stale, corrupt or from an unknown format."""
-
-
-class ApplyFailed(ReconcilerError):
-    """An apply finished with failures; what succeeded is in the state."""
 
 
 # --- Infobip ---------------------------------------------------------------

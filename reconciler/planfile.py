@@ -95,20 +95,22 @@ class SavedPlan:
 # --- inputs ------------------------------------------------------------------
 
 
-def current_inputs(workspace: Workspace) -> dict[str, str]:
+def current_inputs(workspace: Workspace, digests: dict[Path, str] | None = None) -> dict[str, str]:
     """Digests of every spec file and every cohort file the workspace's lists name.
 
     Keys are paths relative to the workspace root (so they do not depend on the
     directory reconciler runs from); values are ``"sha256:<hex>"``. Pass the
     workspace after ``--target``/``--exclude`` selection, as the plan was made.
+    ``digests`` caches file digests already taken (and takes new ones).
     Raises CohortError when a cohort file cannot be read.
     """
+    digests = {} if digests is None else digests
     inputs = {_input_name(workspace.root, f.path, f.display): f.digest for f in workspace.files}
     for spec in workspace.lists:
         for ref in (*spec.cohorts, *spec.exclude):
             name = _input_name(workspace.root, ref.path, ref.display)
             if name not in inputs:
-                inputs[name] = cohorts.file_digest(ref.path, display=ref.display)
+                inputs[name] = cohorts.cached_digest(digests, ref.path, display=ref.display)
     return inputs
 
 

@@ -307,3 +307,19 @@ def test_the_ci_examples_are_valid_yaml_with_plan_and_apply_jobs():
     assert "secrets" not in str(github["jobs"]["plan"])  # plans need no key (forks can plan)
     gitlab = yaml.safe_load((examples / "gitlab-ci.yml").read_text())
     assert {"plan", "apply"} <= set(gitlab)
+
+
+def test_plan_out_hashes_each_cohort_file_once(applied, monkeypatch):
+    from reconciler import cohorts
+
+    hashed = []
+    real = cohorts.file_digest
+
+    def counting(path, **kwargs):
+        hashed.append(path.name)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(cohorts, "file_digest", counting)
+    result = applied.run("plan", "--out", str(applied.root / "plan.bin"))
+    assert result.code == 0 and "No changes." in result.out
+    assert sorted(hashed) == ["churn.csv", "power.csv"]
