@@ -15,7 +15,7 @@ import random
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import attrs
 
@@ -112,7 +112,7 @@ def batches(ids: Sequence[str], size: int) -> Iterable[tuple[str, ...]]:
 
 
 def _now_iso(clock: Clock) -> str:
-    return datetime.fromtimestamp(clock(), tz=timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(clock(), tz=UTC).isoformat(timespec="seconds")
 
 
 class _LaneRun:

@@ -13,6 +13,7 @@ message unmasked.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import hashlib
 import io
@@ -25,15 +26,17 @@ from pathlib import Path
 import attrs
 
 from reconciler.errors import CohortError
+from reconciler.ids import normalize_block, normalizer
 from reconciler.masking import mask
-
-ID_TYPES = ("email", "external_id", "phone")
 
 # Invalid ids kept as samples for the plan (shown masked); the rest are only counted.
 MAX_INVALID_SAMPLES = 20
 # Header columns named in a "missing id column" message; Amplitude exports can have hundreds.
 _MAX_COLUMNS_SHOWN = 20
 _CHUNK = 1 << 16
+# Bytes read at once while the rows are simple (see _split_block): large enough that the
+# per-block work is noise, small enough to stay a few MB of memory.
+BLOCK_SIZE = 1 << 20
 # A first-line cell that might be an id rather than a column name (see _missing_column).
 _COULD_BE_ID = re.compile(r"[@\d\s]|^.{33,}$")
 _BOM = b"\xef\xbb\xbf"
@@ -50,78 +53,6 @@ class CohortRead:
     invalid: tuple[str, ...]
     invalid_count: int
     digest: str
-
-
-# --- normalization ----------------------------------------------------------
-
-# Local part: anything printable but the characters that make an address unparseable.
-# Domain: dot-separated labels of letters, digits and inner hyphens; the TLD is letters, or an
-# IDNA ("xn--") label so that internationalized domains are not dropped.
-_EMAIL = re.compile(
-    r"[^\s@\"(),:;<>\[\]\\\x00-\x1f\x7f]{1,64}"
-    r"@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
-    r"(?:[a-z]{2,63}|xn--[a-z0-9-]{1,59})"
-)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_PHONE_SEPARATORS = str.maketrans("", "", " \t\u00a0-.()")
-
-
-def _normalize_email(raw: str) -> str | None:
-    value = raw.strip().lower()
-    if not value:
-        return value
-    if len(value) <= 254 and _EMAIL.fullmatch(value):
-        return value
-    return None
-
-
-def _normalize_external_id(raw: str) -> str | None:
-    value = raw.strip()
-    if len(value) > 256 or _CONTROL.search(value):
-        return None
-    return value
-
-
-def _normalize_phone(raw: str) -> str | None:
-    value = raw.strip()
-    if not value:
-        return value
-    if value[0] == "+":
-        value = value[1:]
-    value = value.translate(_PHONE_SEPARATORS)
-    # isdigit() alone accepts "²" and other non-ASCII digits
-    if 6 <= len(value) <= 15 and value.isascii() and value.isdigit():
-        return value
-    return None
-
-
-_NORMALIZERS: dict[str, Callable[[str], str | None]] = {
-    "email": _normalize_email,
-    "external_id": _normalize_external_id,
-    "phone": _normalize_phone,
-}
-
-
-def _normalizer(id_type: str) -> Callable[[str], str | None]:
-    try:
-        return _NORMALIZERS[id_type]
-    except KeyError:
-        raise ValueError(f"unknown id_type {id_type!r}; expected one of {ID_TYPES}") from None
-
-
-def normalize_id(raw: str, id_type: str = "email") -> str | None:
-    """Return ``raw`` normalized for ``id_type``, ``""`` when it is blank, ``None`` when invalid.
-
-    - email: trimmed, lower-cased (Infobip compares emails case-insensitively) and checked for
-      a plausible shape: one ``@``, a local part of 1..64 characters, a domain of
-      letter/digit/hyphen labels with a TLD of at least two letters, at most 254 in all.
-    - external_id: trimmed; invalid when it holds control characters or exceeds 256 characters.
-    - phone: one leading ``+`` and spaces, dashes, dots and parentheses dropped; what remains
-      must be 6..15 digits.
-
-    Raises ValueError for an ``id_type`` not in ``ID_TYPES`` (the spec loader rejects those).
-    """
-    return _normalizer(id_type)(raw)
 
 
 # --- streams ----------------------------------------------------------------
@@ -271,8 +202,10 @@ class _Tally:
     invalid_count: int = 0
     # last physical line of the last complete CSV record; a failing record starts on the next
     line: int = 0
-    # the csv reader, whose line_num tells which line failed to decode
+    # the csv reader, whose line_num (after line_base lines it never saw) tells which line
+    # failed to decode
     reader: object = None
+    line_base: int = 0
 
 
 def _valid_ids(
@@ -280,7 +213,7 @@ def _valid_ids(
 ) -> Iterator[str]:
     """Yield the normalized valid ids of ``values``, counting empty and invalid ones."""
     # locals, not attributes, in the loop that runs once per row; written back even on errors
-    rows = empty = invalid_count = 0
+    rows, empty, invalid_count = tally.rows, tally.empty, tally.invalid_count
     samples = tally.invalid
     try:
         for raw in values:
@@ -298,21 +231,35 @@ def _valid_ids(
         tally.rows, tally.empty, tally.invalid_count = rows, empty, invalid_count
 
 
-def _csv_values(lines: Iterable[str], id_column: str, display: str, tally: _Tally) -> Iterator[str]:
+def _csv_reader(lines: Iterable[str], tally: _Tally) -> Iterator[list[str]]:
     # strict: an unclosed quote is an error instead of silently swallowing the rest of the file
     reader = csv.reader(lines, strict=True)
-    tally.reader = reader
+    tally.reader, tally.line_base = reader, tally.line
+    return reader
+
+
+def _header_index(lines: Iterable[str], id_column: str, display: str, tally: _Tally) -> int:
+    """Read the header record from ``lines``; return the index of ``id_column`` in it."""
+    reader = _csv_reader(lines, tally)
     # never empty: the caller checked the content has a byte, and a blank line reads as []
     header = next(reader, [])
     names = [name.strip() for name in header]
     if id_column not in names:
         raise CohortError(display, 1, *_missing_column(id_column, names))
-    index = names.index(id_column)  # the first one: property column names may repeat
-    tally.line = reader.line_num
+    tally.line = reader.line_num  # type: ignore[attr-defined]
+    return names.index(id_column)  # the first one: property column names may repeat
+
+
+def _csv_values(
+    lines: Iterable[str], index: int, id_column: str, display: str, tally: _Tally
+) -> Iterator[str]:
+    """The ``index`` field of each record of ``lines``, which start after ``tally.line``."""
+    reader = _csv_reader(lines, tally)
+    base = tally.line_base
     for row in reader:
         if not row:
             # a blank line, e.g. an extra newline at the end of a hand-edited file
-            tally.line = reader.line_num
+            tally.line = base + reader.line_num  # type: ignore[attr-defined]
             continue
         try:
             value = row[index]
@@ -324,8 +271,130 @@ def _csv_values(lines: Iterable[str], id_column: str, display: str, tally: _Tall
                 f"but column {id_column!r} is field {index + 1}",
                 "export the cohort again; the file looks cut short or edited",
             ) from None
-        tally.line = reader.line_num
+        tally.line = base + reader.line_num  # type: ignore[attr-defined]
         yield value
+
+
+# --- reading a block at a time ------------------------------------------------
+#
+# Row by row, a million-row file spends seconds in the interpreter. So the rows are read in
+# blocks of whole lines, and a block in the simple form every export has is split with one
+# regex pass and normalized with ids.normalize_block. At the first block that is not (a quote
+# inside a field, a blank line, a ragged row, bad UTF-8, ...), the rest of the file is read row
+# by row with the csv module, which stays the reference for every result and every message.
+
+
+@functools.lru_cache(maxsize=16)
+def _record_patterns(index: int, limit: int) -> tuple[re.Pattern[str], ...]:
+    r"""Patterns matching one record a line and capturing its field ``index``.
+
+    A record is either all double-quoted fields without quotes inside, or all unquoted fields
+    without quotes, commas or "\r"; either way the csv module reads exactly the captured field.
+    A match starts at the "\n" ending the line before and stops short of the one ending its own
+    line, so a block of n lines in the simple form has exactly n matches. ``limit`` is the csv
+    module's field size limit: a longer field is an error there, so it must not match here.
+    """
+    # possessive (*+): a field's characters exclude what ends it, so giving any back never
+    # helps a match, and not keeping the states to do so makes the pass faster
+    quoted = f'"([^"]{{0,{limit}}}+)"'
+    unquoted = f'([^",\\r\\n]{{0,{limit}}}+)'
+    patterns = []
+    # a blank line is a record of its own for a pattern of unquoted fields; csv skips it
+    for field, not_blank in ((quoted, ""), (unquoted, r"(?!\r?\n)")):
+        other = field.replace("(", "(?:", 1)
+        line = rf"\n{not_blank}(?:{other},){{{index}}}{field}(?:,{other})*+\r?(?=\n)"
+        patterns.append(re.compile(line))
+    return tuple(patterns)
+
+
+def _split_block(block: bytes, index: int | None) -> tuple[list[str], int] | None:
+    """The raw ids of a block of whole lines, and its number of lines; None if not simple.
+
+    ``index`` is the id's field in a CSV record; None for plain text, one id a line.
+    """
+    try:
+        text = block.decode()
+    except UnicodeDecodeError:
+        return None
+    if not text.endswith("\n"):
+        text += "\n"  # the last line of a file without a final newline
+    lines = text.count("\n")
+    if index is None:
+        values = text.split("\n")
+        values.pop()
+        return values, lines
+    framed = "\n" + text
+    for pattern in _record_patterns(index, csv.field_size_limit()):
+        values = pattern.findall(framed)
+        if len(values) == lines:
+            return values, lines
+    return None
+
+
+def _blocks(first: bytes | None, stream: io.BufferedIOBase, size: int) -> Iterator[bytes]:
+    """``first`` (a line, maybe empty), then blocks of about ``size`` bytes of whole lines."""
+    if first is not None:
+        yield first
+    while block := stream.read(size):
+        if not block.endswith(b"\n"):
+            block += stream.readline()
+        yield block
+
+
+@attrs.define
+class _IdReader:
+    """Reads the rows of one file into valid ids: a block at a time while the rows are simple,
+    then row by row."""
+
+    display: str
+    id_column: str
+    id_type: str
+    tally: _Tally
+    ids: list[str] = attrs.Factory(list)
+
+    def read(
+        self, stream: io.BufferedIOBase, first: bytes, *, is_csv: bool, block_size: int | None
+    ) -> frozenset[str]:
+        """The valid ids of ``first`` (the first line, BOM removed) and the rest of ``stream``."""
+        # lines are split on b"\n" (CRLF keeps its "\r" for csv to drop); a UTF-8 sequence
+        # never contains that byte, so decoding line by line is exact
+        rest: Iterable[bytes] = chain((first,), stream)
+        index = None
+        if is_csv:
+            index = _header_index(map(bytes.decode, rest), self.id_column, self.display, self.tally)
+            rest = stream
+        if block_size:
+            blocks = _blocks(None if is_csv else first, stream, block_size)
+            rest = self._read_blocks(blocks, stream, index)
+        self._read_rows(rest, index)
+        return frozenset(self.ids)
+
+    def _read_blocks(
+        self, blocks: Iterable[bytes], stream: io.BufferedIOBase, index: int | None
+    ) -> Iterable[bytes]:
+        """Read the blocks up to the first that is not simple; return the lines left."""
+        tally = self.tally
+        for block in blocks:
+            split = _split_block(block, index)
+            if split is None:
+                return chain(io.BytesIO(block), stream)
+            values, lines = split
+            normalized = normalize_block(values, self.id_type)
+            if normalized is None:
+                self.ids.extend(_valid_ids(values, normalizer(self.id_type), tally))
+            else:
+                valid, blank = normalized
+                self.ids.extend(valid)
+                tally.rows += len(values)
+                tally.empty += blank
+            tally.line += lines
+        return ()
+
+    def _read_rows(self, lines: Iterable[bytes], index: int | None) -> None:
+        values: Iterable[str] = map(bytes.decode, lines)
+        if index is not None:
+            values = _csv_values(values, index, self.id_column, self.display, self.tally)
+        self.ids.extend(_valid_ids(values, normalizer(self.id_type), self.tally))
 
 
 def _missing_column(id_column: str, names: Sequence[str]) -> tuple[str, str]:
@@ -362,18 +431,21 @@ def read_cohort(
     id_column: str = "user_id",
     id_type: str = "email",
     display: str | None = None,
+    block_size: int | None = BLOCK_SIZE,
 ) -> CohortRead:
     """Read one cohort file and return its normalized valid ids with counts and digest.
 
     ``*.csv`` and ``*.csv.gz`` are read as Amplitude exports (the id is the first header column
     named ``id_column``); anything else as plain text, one id a line. ``.gz`` files are gzip.
-    ``display`` is the path shown in messages (default ``str(path)``).
+    ``display`` is the path shown in messages (default ``str(path)``). ``block_size`` is the
+    size of the blocks read at once while the rows are in a simple form; None reads row by row
+    (the reference the block reading is tested against; the result is the same).
 
     Raises CohortError (naming ``display`` and a line) when the file is missing, a directory,
     unreadable, empty (0 bytes), binary, not UTF-8, malformed CSV, without the id column, or a
     truncated or corrupt gzip file. Raises ValueError for an unknown ``id_type``.
     """
-    normalize = _normalizer(id_type)
+    normalizer(id_type)  # ValueError for an unknown type, before the file is opened
     shown = display if display is not None else str(path)
     is_csv = _is_csv(path)
     is_gzip = path.name.lower().endswith(".gz")
@@ -391,11 +463,8 @@ def read_cohort(
             first = stream.readline()
             if first.startswith(_BOM):
                 first = first[len(_BOM) :]
-            # lines are split on b"\n" (CRLF keeps its "\r" for csv to drop); a UTF-8 sequence
-            # never contains that byte, so decoding line by line is exact
-            lines = map(bytes.decode, chain((first,), stream))
-            values = _csv_values(lines, id_column, shown, tally) if is_csv else lines
-            ids = frozenset(_valid_ids(values, normalize, tally))
+            reader = _IdReader(shown, id_column, id_type, tally)
+            ids = reader.read(stream, first, is_csv=is_csv, block_size=block_size)
             hashing.drain()
         except _BinaryContent as exc:
             if exc.utf16:
@@ -446,7 +515,7 @@ def read_cohort(
 def _decode_error_line(tally: _Tally, is_csv: bool) -> int:
     if is_csv and tally.reader is not None:
         # line_num counts the lines the csv module received; the next one failed to decode
-        return tally.reader.line_num + 1  # type: ignore[attr-defined]
+        return tally.line_base + tally.reader.line_num + 1  # type: ignore[attr-defined]
     # plain text: every line is a row, so the rows counted so far decoded fine
     return tally.rows + 1
 

@@ -371,7 +371,7 @@ def _retry_after(value: str | None, clock: Callable[[], float]) -> float | None:
             return None
         if when.tzinfo is None:
             # RFC 9110 dates are GMT; a date without a zone is read as UTC.
-            when = when.replace(tzinfo=datetime.timezone.utc)
+            when = when.replace(tzinfo=datetime.UTC)
         return max(0.0, when.timestamp() - clock())
     if not math.isfinite(seconds) or seconds < 0:
         return None

@@ -74,7 +74,7 @@ class SavedPlan:
         now: dt.datetime | None = None,
     ) -> SavedPlan:
         """A saved plan made now (or at ``now``) by this reconciler version."""
-        when = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+        when = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
         return cls(
             plan=plan,
             inputs=dict(inputs),

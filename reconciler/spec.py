@@ -23,12 +23,12 @@ import attrs
 import jsonschema
 
 from reconciler.errors import Problem, SpecError
+from reconciler.ids import ID_TYPES
 from reconciler.yamlsource import LocatedDict, LocatedList, Location, load_yaml
 
 SPEC_VERSION = 1
 MAX_LIST_NAME = 256  # Infobip tag names
 DEFAULT_BATCH_SIZE = 10_000  # what Amplitude sends per call
-ID_TYPES = ("email", "external_id", "phone")
 KINDS = ("create", "add", "remove")
 SANDBOX = "sandbox"
 

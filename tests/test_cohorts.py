@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.cohorts import (
-    ID_TYPES,
-    CohortRead,
-    desired_ids,
-    file_digest,
-    normalize_id,
-    read_cohort,
-)
+from reconciler import cohorts
+from reconciler.cohorts import CohortRead, desired_ids, file_digest, read_cohort
 from reconciler.errors import CohortError
+from reconciler.ids import ID_TYPES, normalizer
 
 HEADER = '"amplitude_id","user_id"'
 
@@ -189,76 +187,7 @@ def test_csv_suffix_is_case_insensitive(tmp_path: Path) -> None:
     assert read_cohort(path).ids == {"a@example.com"}
 
 
-# --- id types -------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("  John.Doe+tag@Example.COM\t", "john.doe+tag@example.com"),
-        ("a@b.co", "a@b.co"),
-        ("x@mail.xn--p1ai", "x@mail.xn--p1ai"),
-        ("user@sub-domain.example.org", "user@sub-domain.example.org"),
-        ("", ""),
-        ("   ", ""),
-        ("no-at-sign", None),
-        ("two@@example.com", None),
-        ("a@b@example.com", None),
-        ("@example.com", None),
-        ("user@localhost", None),
-        ("user@example.c", None),
-        ("user@example.c0m", None),
-        ("user@-example.com", None),
-        ("user@exa_mple.com", None),
-        ("user@example..com", None),
-        ("us er@example.com", None),
-        ("x" * 65 + "@example.com", None),
-        ("x@" + "a" * 250 + ".com", None),
-    ],
-)
-def test_normalize_email(raw: str, expected: str | None) -> None:
-    assert normalize_id(raw, "email") == expected
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("+49 151 1234-5678", "4915112345678"),
-        ("(030) 123.456", "030123456"),
-        ("491511234567", "491511234567"),
-        ("", ""),
-        ("12345", None),
-        ("1234567890123456", None),
-        ("++491511234567", None),
-        ("49151x234567", None),
-        ("4915+1234567", None),
-        ("\u0664\u0669\u0661\u0665\u0661\u0662", None),
-    ],
-)
-def test_normalize_phone(raw: str, expected: str | None) -> None:
-    assert normalize_id(raw, "phone") == expected
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        ("  Cust-42 ", "Cust-42"),
-        ("", ""),
-        ("a\x00b", None),
-        ("a\x1bb", None),
-        ("x" * 256, "x" * 256),
-        ("x" * 257, None),
-    ],
-)
-def test_normalize_external_id(raw: str, expected: str | None) -> None:
-    assert normalize_id(raw, "external_id") == expected
-
-
-def test_normalize_id_defaults_to_email_and_rejects_unknown_types() -> None:
-    assert normalize_id(" A@Example.com") == "a@example.com"
-    assert ID_TYPES == ("email", "external_id", "phone")
-    with pytest.raises(ValueError, match="sms"):
-        normalize_id("x", "sms")
+# --- ids ---------------------------------------------------------------------------
 
 
 def test_invalid_ids_are_skipped_counted_and_sampled_in_file_order(tmp_path: Path) -> None:
@@ -459,12 +388,20 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
 
 
-def _read_or_cohort_error(path: Path, data: bytes, id_type: str) -> None:
-    path.write_bytes(data)
+def read_or_error(path: Path, **kwargs: Any) -> CohortRead | str:
     try:
-        read = read_cohort(path, id_type=id_type)
+        return read_cohort(path, **kwargs)
     except CohortError as error:
-        assert str(error).startswith(f"{path}:")
+        return str(error)
+
+
+def _read_or_cohort_error(path: Path, data: bytes, id_type: str, block_size: int = 16) -> None:
+    """A result or a CohortError, the same whether read a block at a time or row by row."""
+    path.write_bytes(data)
+    read = read_or_error(path, id_type=id_type, block_size=None)
+    assert read_or_error(path, id_type=id_type, block_size=block_size) == read
+    if isinstance(read, str):
+        assert read.startswith(f"{path}:")
         return
     assert read.digest == "sha256:" + hashlib.sha256(data).hexdigest()
     assert read.rows >= len(read.ids) and read.invalid_count >= len(read.invalid)
@@ -494,3 +431,103 @@ def test_arbitrary_gzip_content_and_truncation(scratch: Path, data: bytes, cut: 
     packed = gzip.compress(data)
     _read_or_cohort_error(scratch / "packed.csv.gz", packed, "email")
     _read_or_cohort_error(scratch / "cut.txt.gz", packed[:cut], "external_id")
+
+
+# --- a block at a time and row by row read alike ------------------------------------------
+
+
+_SIMPLE = st.integers(0, 99).map(lambda i: f'"{i}","User{i}@Example.com","DE"')
+_ODD_FIELDS = st.one_of(
+    st.sampled_from(
+        [
+            *('"a@b.co"', '" A@B.CO "', '""', '"x,y"', "a@b.co", "", '"a""b"', '"line\nbreak"'),
+            *('"open', 'x"y', ' "a@b.co"', '"a@b.co"x', "bad", '"\u00e9@b.co"', '"a@b.co\r"'),
+            '"\x85a@b.co"',
+        ]
+    ),
+    st.text(alphabet='"\r,@ab\u00e9 \x1c', max_size=6),
+)
+_ODD = st.lists(_ODD_FIELDS, max_size=4).map(",".join)
+
+
+@st.composite
+def cohort_files(draw: st.DrawFn) -> bytes:
+    """Exports that are mostly simple, with odd records and bytes here and there."""
+    header = draw(
+        st.sampled_from(
+            ['"amplitude_id","user_id","country"', "user_id", "amplitude_id,user_id", '"user_id"']
+        )
+    )
+    # a simple run first, so that blocks are read before the odd records send the rest row by row
+    records = draw(st.lists(_SIMPLE, max_size=30))
+    records += draw(st.lists(st.one_of(_SIMPLE, _SIMPLE, _ODD), max_size=10))
+    eol = draw(st.sampled_from(["\n", "\r\n"]))
+    data = (eol.join([header, *records]) + draw(st.sampled_from(["", eol]))).encode()
+    if draw(st.integers(0, 3)) == 0:
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.sampled_from([b"\xff", b"\xc3", b"\x00", b"\n\n"])) + data[at:]
+    return data
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    data=cohort_files(),
+    id_type=st.sampled_from(ID_TYPES),
+    block_size=st.integers(1, 300),
+    name=st.sampled_from(["c.csv", "ids.txt", "c.csv.gz"]),
+)
+def test_block_reading_gives_the_row_by_row_result_or_message(
+    scratch: Path, data: bytes, id_type: str, block_size: int, name: str
+) -> None:
+    if name.endswith(".gz"):
+        data = gzip.compress(data)
+    _read_or_cohort_error(scratch / name, data, id_type, block_size)
+
+
+@pytest.mark.parametrize("column", [0, 1, 3])
+@pytest.mark.parametrize("quoted", [True, False])
+def test_fields_at_the_csv_size_limit(tmp_path: Path, column: int, quoted: bool) -> None:
+    # the csv module refuses a field over its limit; a block must not read past it either
+    limit = csv.field_size_limit()
+    for size in (limit, limit + 1):
+        fields = ["p"] * 4
+        fields[column] = "user_id"
+        header = ",".join(fields)
+        cells = ["a@b.co"] * 4
+        cells[(column + 1) % 4] = "x" * size
+        row = ",".join(f'"{c}"' if quoted else c for c in cells)
+        path = write(tmp_path, "c.csv", f"{header}\n{row}\n{row}\n".encode())
+        read = read_or_error(path, block_size=None)
+        assert read_or_error(path) == read
+        assert isinstance(read, str) == (size > limit)
+
+
+def test_simple_exports_never_go_row_by_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one_by_one: list[str] = []
+
+    def counting(id_type: str) -> Callable[[str], str | None]:
+        normalize = normalizer(id_type)
+        return lambda raw: one_by_one.append(raw) or normalize(raw)
+
+    monkeypatch.setattr(cohorts, "normalizer", counting)
+    header = HEADER + ',"country"'
+    rows = [f'"{i}","User{i}@Example.com","DE"' for i in range(5_000)]
+    path = write(tmp_path, "c.csv", export(*rows, header=header, eol="\r\n"))
+    assert len(read_cohort(path, block_size=4096).ids) == 5_000
+    assert one_by_one == []
+
+    # an invalid id: only its block goes row by row, and it is counted and sampled
+    rows[2_500] = '"2500","not an email","DE"'
+    path.write_bytes(export(*rows, header=header))
+    read = read_cohort(path, block_size=4096)
+    assert (read.invalid_count, read.invalid) == (1, ("not an email",))
+    assert "not an email" in one_by_one and 0 < len(one_by_one) < 200
+
+    # a record the block pattern does not take: the rest of the file goes row by row
+    one_by_one.clear()
+    rows[4_000] = '"4000","a@b.co","say ""hi"""'
+    path.write_bytes(export(*rows, header=header))
+    assert read_cohort(path, block_size=4096).rows == 5_000
+    assert 999 <= len(one_by_one) < 1_200

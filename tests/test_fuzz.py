@@ -19,8 +19,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.cohorts import ID_TYPES, CohortRead, read_cohort
+from reconciler.cohorts import CohortRead, read_cohort
 from reconciler.errors import CohortError, SpecError
+from reconciler.ids import ID_TYPES
 from reconciler.spec import Workspace, load_workspace
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

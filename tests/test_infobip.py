@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 
 import httpx
@@ -205,12 +205,12 @@ def test_retry_after_in_seconds(header: str, expected: float | None) -> None:
 
 
 def test_retry_after_as_an_http_date_uses_the_injected_clock() -> None:
-    now = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc).timestamp()
-    later = format_datetime(datetime(2025, 3, 1, 12, 0, 42, tzinfo=timezone.utc), usegmt=True)
+    now = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
+    later = format_datetime(datetime(2025, 3, 1, 12, 0, 42, tzinfo=UTC), usegmt=True)
     client, _ = client_for(answer(429, b"", headers={"Retry-After": later}), clock=lambda: now)
     assert fails(lambda: client.create_list("x"), TooManyRequests).retry_after == 42.0
 
-    past = format_datetime(datetime(2025, 3, 1, 11, 0, 0, tzinfo=timezone.utc), usegmt=True)
+    past = format_datetime(datetime(2025, 3, 1, 11, 0, 0, tzinfo=UTC), usegmt=True)
     client, _ = client_for(answer(429, b"", headers={"Retry-After": past}), clock=lambda: now)
     assert fails(lambda: client.create_list("x"), TooManyRequests).retry_after == 0.0
 
