@@ -555,11 +555,8 @@ def _csv_problem(detail: str) -> tuple[str, str]:
 
 def desired_ids(cohorts: Sequence[CohortRead], exclude: Sequence[CohortRead]) -> frozenset[str]:
     """Return the union of the ids of ``cohorts`` minus the union of those of ``exclude``."""
-    if len(cohorts) == 1 and not exclude:
-        return cohorts[0].ids  # the common case: no copy of a million-entry set
-    union: set[str] = set()
-    for cohort in cohorts:
-        union |= cohort.ids
-    for cohort in exclude:
-        union -= cohort.ids
-    return frozenset(union)
+    # million-entry sets: the common single cohort is not copied, nor built up in steps
+    wanted = cohorts[0].ids if len(cohorts) == 1 else frozenset().union(*(c.ids for c in cohorts))
+    if not exclude:
+        return wanted
+    return wanted.difference(*(c.ids for c in exclude))
