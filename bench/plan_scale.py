@@ -28,7 +28,10 @@ Then, best of ``--repeat`` runs each (minimum wall time; peak RSS is the largest
   ``churn.csv``, runs ``LC_ALL=C sort -u`` on it and on ``original-ids.txt`` (the two sorts
   concurrently) and ``comm -3`` on the results;
 - unchanged: the plan of ``specs-same`` against ``state-same``, next to ``sha256sum`` of
-  ``original.csv`` and to the interpreter start (``python -m reconciler --version``).
+  ``original.csv`` and to the interpreter start (``python -m reconciler --version``);
+- the set reference: a fresh interpreter builds two sets of N ids and diffs them. Its cost per
+  id grows with N on real hardware (hash tables outgrow the CPU caches), which is the yardstick
+  for how linear the plan's own growth can be.
 
 Every command runs from a small launcher process, which times it (fork to ``os.wait4``) and
 reads its peak RSS from ``os.wait4``: the largest resident set of that process or of any
@@ -383,6 +386,7 @@ class Figures:
     plan_counts: tuple[int, int]  # adds, removes
     baseline_counts: tuple[int, int]
     unchanged_counts: tuple[int, int]
+    set_us: float  # the set reference: microseconds per id
 
     @property
     def ratio(self) -> float:
@@ -439,6 +443,7 @@ def measure(launcher: Launcher, files: Files, repeat: int, problems: list[str]) 
         plan_counts=_plan_counts(cwd / "plan.out"),
         baseline_counts=_comm_counts(cwd / "baseline-diff.txt"),
         unchanged_counts=_plan_counts(cwd / "unchanged.out"),
+        set_us=min(set_reference(files.size) for _ in range(repeat)),
     )
     for what, counts in (("plan", figures.plan_counts), ("baseline", figures.baseline_counts)):
         if counts != expected:
@@ -449,6 +454,28 @@ def measure(launcher: Launcher, files: Files, repeat: int, problems: list[str]) 
     if figures.unchanged_counts != (0, 0):
         problems.append(f"{files.size:,} ids: the unchanged plan is not empty")
     return figures
+
+
+# What a plan does to its ids at the core, alone: build a set of n distinct email-like strings
+# from split text, then the two differences against a set of the same size. Its cost per id
+# grows with n although the work is linear, because hash tables larger than the CPU caches make
+# every insert and lookup a cache miss; it shows how much of the plan's growth is the machine.
+SET_REFERENCE = """
+import sys, time
+n = int(sys.argv[1])
+old = "\\n".join(f"user{i * 7919 % n:09d}@example.com" for i in range(n))
+new = old.replace("user", "usex", n // 20)
+started = time.perf_counter()
+a, b = frozenset(old.split("\\n")), frozenset(new.split("\\n"))
+changes = len(a - b) + len(b - a)
+print((time.perf_counter() - started) / n * 1e6)
+"""
+
+
+def set_reference(size: int) -> float:
+    """Microseconds per id of SET_REFERENCE at ``size``, in a fresh interpreter."""
+    argv = [sys.executable, "-c", SET_REFERENCE, str(size)]
+    return float(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
 
 
 def interpreter_start(launcher: Launcher, cwd: Path, repeat: int) -> Run:
@@ -554,16 +581,20 @@ def _linearity(results: Sequence[Figures], start: Run) -> str:
         for f, (s, mb, ns, nmb) in zip(results, per_million, strict=True)
     )
     line = f"linearity, per million ids (net: minus interpreter start): {cells}"
+    reference = ", ".join(f"{_label(f.size)}: {f.set_us:.2f} us/id" for f in results)
+    line += f"\nset reference (build two sets of n ids, diff them): {reference}"
     if len(results) < 2:
         return line + "  [n/a: needs two sizes]"
     small, large = per_million[0], per_million[-1]
     time_growth = large[2] / small[2] if small[2] > 0 else float("inf")
     rss_growth = large[3] / small[3] if small[3] > 0 else float("inf")
+    set_growth = results[-1].set_us / results[0].set_us
     ok = time_growth <= LINEAR_TOLERANCE and rss_growth <= LINEAR_TOLERANCE
     return (
         f"{line}\nlinearity: net cost per million ids at {_label(results[-1].size)} vs "
         f"{_label(results[0].size)}: time x{time_growth:.2f}, memory x{rss_growth:.2f} "
-        f"(target <= x{LINEAR_TOLERANCE:g})  [{_verdict(ok)}]"
+        f"(target <= x{LINEAR_TOLERANCE:g}; the set reference alone: x{set_growth:.2f})  "
+        f"[{_verdict(ok)}]"
     )
 
 

@@ -11,9 +11,10 @@ that.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Sequence
-from itertools import repeat
+from itertools import compress, repeat
 
 ID_TYPES = ("email", "external_id", "phone")
 
@@ -127,11 +128,26 @@ def _email_block(values: Sequence[str]) -> Block | None:
     if found is None:
         return None
     trimmed, blank, joined = found
-    if not trimmed:
-        return [], blank
-    # lower() and \s are Unicode-aware; outside ASCII each id takes the exact path
-    if not joined.isascii():
+    if joined.isascii():
+        ids = _ascii_emails(joined)
+        return None if ids is None else (ids, blank)
+    # lower() and \s are Unicode-aware: ids outside ASCII (a few, in most exports) are
+    # normalized one by one, the rest as a block
+    is_ascii = list(map(str.isascii, trimmed))
+    others = list(compress(trimmed, map(operator.not_, is_ascii)))
+    if len(others) > len(trimmed) // 4:
+        return None  # mostly outside ASCII: one by one is as fast
+    valid = [email for email in map(_normalize_email, others) if email]
+    if len(valid) < len(others):
         return None
+    ids = _ascii_emails("\n".join(compress(trimmed, is_ascii)))
+    return None if ids is None else (ids + valid, blank)
+
+
+def _ascii_emails(joined: str) -> list[str] | None:
+    """The lower-cased ids of ``joined`` (ASCII, trimmed, non-blank, one a line), if all valid."""
+    if not joined:
+        return []
     lowered = joined.lower()
     ids = lowered.split("\n")
     if lowered.encode().translate(None, _EMAIL_BYTES):
@@ -151,7 +167,7 @@ def _email_block(values: Sequence[str]) -> Block | None:
         return None
     if longest > _MAX_LOCAL + len("@a.bc") and max(map(str.index, ids, repeat("@"))) > _MAX_LOCAL:
         return None
-    return ids, blank
+    return ids
 
 
 def _external_id_block(values: Sequence[str]) -> Block | None:
@@ -171,11 +187,12 @@ _BLOCK_NORMALIZERS: dict[str, Callable[[Sequence[str]], Block | None]] = {
 
 
 def normalize_block(values: Sequence[str], id_type: str) -> Block | None:
-    """Normalize a block of raw ids at once: ``(valid ids in order, number of blank ones)``.
+    """Normalize a block of raw ids at once: ``(valid ids, number of blank ones)``.
 
-    The answer equals ``normalize_id`` applied to each value, and it is given only when no value
-    is invalid; otherwise (and for id types without a block rule) the result is None and the
-    caller normalizes id by id, which also counts and samples the invalid ones.
+    The answer equals ``normalize_id`` applied to each value (the ids maybe in another order),
+    and it is given only when no value is invalid; otherwise (and for id types without a block
+    rule) the result is None and the caller normalizes id by id, which also counts and samples
+    the invalid ones.
     """
     block = _BLOCK_NORMALIZERS.get(id_type)
     return block(values) if block else None
