@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -371,16 +370,27 @@ def test_desired_ids_from_files(tmp_path: Path) -> None:
 # --- scale and robustness -------------------------------------------------------------
 
 
-def test_hundred_thousand_rows_read_quickly(tmp_path: Path) -> None:
+@pytest.fixture
+def one_by_one(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The raw ids that go through the one-id normalizer instead of a block."""
+    seen: list[str] = []
+
+    def counting(id_type: str) -> Callable[[str], str | None]:
+        normalize = normalizer(id_type)
+        return lambda raw: seen.append(raw) or normalize(raw)
+
+    monkeypatch.setattr(cohorts, "normalizer", counting)
+    return seen
+
+
+def test_a_large_gzip_export_is_read_in_blocks(tmp_path: Path, one_by_one: list[str]) -> None:
     header = HEADER + ',"country","country"'
     rows = [f'"{i}","User{i}@Example.com","DE","x"' for i in range(100_000)]
     path = write(tmp_path, "big.csv.gz", gzip.compress(export(*rows, header=header), 1))
-    started = time.perf_counter()
     read = read_cohort(path)
-    elapsed = time.perf_counter() - started
     assert len(read.ids) == read.rows == 100_000
-    # about 0.2 s; a tenfold margin still catches a per-row blow-up
-    assert elapsed < 2.0, f"{elapsed:.2f}s for 100,000 rows"
+    assert "user99999@example.com" in read.ids
+    assert one_by_one == []
 
 
 @pytest.fixture(scope="module")
@@ -502,16 +512,7 @@ def test_fields_at_the_csv_size_limit(tmp_path: Path, column: int, quoted: bool)
         assert isinstance(read, str) == (size > limit)
 
 
-def test_simple_exports_never_go_row_by_row(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    one_by_one: list[str] = []
-
-    def counting(id_type: str) -> Callable[[str], str | None]:
-        normalize = normalizer(id_type)
-        return lambda raw: one_by_one.append(raw) or normalize(raw)
-
-    monkeypatch.setattr(cohorts, "normalizer", counting)
+def test_simple_exports_never_go_row_by_row(tmp_path: Path, one_by_one: list[str]) -> None:
     header = HEADER + ',"country"'
     rows = [f'"{i}","User{i}@Example.com","DE"' for i in range(5_000)]
     path = write(tmp_path, "c.csv", export(*rows, header=header, eol="\r\n"))
