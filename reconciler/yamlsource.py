@@ -169,7 +169,7 @@ class _Loader(yaml.SafeLoader):
                 self.problems.append(
                     where.problem(
                         f"duplicate key {key!r} (first defined on line {first.line})",
-                        "remove one of them; YAML keeps only the last",
+                        "remove one of them (many YAML tools silently keep only the last)",
                     )
                 )
                 continue
