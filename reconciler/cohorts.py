@@ -278,10 +278,11 @@ def _csv_values(
 # --- reading a block at a time ------------------------------------------------
 #
 # Row by row, a million-row file spends seconds in the interpreter. So the rows are read in
-# blocks of whole lines, and a block in the simple form every export has is split with one
-# regex pass and normalized with ids.normalize_block. At the first block that is not (a quote
-# inside a field, a blank line, a ragged row, bad UTF-8, ...), the rest of the file is read row
-# by row with the csv module, which stays the reference for every result and every message.
+# blocks of whole lines: a block in the simple form every export has is split with one regex
+# pass, and its ids are normalized at once by ids.normalize_block (or one by one, when that
+# declines, e.g. for an invalid id). From the first block not in the simple form (a quote inside
+# a field, a blank line, a ragged row, bad UTF-8, ...), the rest of the file is read row by row
+# with the csv module, which stays the reference for every result and every message.
 
 
 @functools.lru_cache(maxsize=16)
